@@ -1,0 +1,1 @@
+//! The Sagaflow REST API.

@@ -1,0 +1,11 @@
+//! Sagaflow's engine: event-sourced aggregates, saga definitions, the saga state
+//! machine, the coordinator that drives it, and the transports it speaks over.
+
+pub mod aggregate;
+pub mod codec;
+pub mod error;
+pub mod repository;
+
+pub use aggregate::Aggregate;
+pub use error::{Error, Result};
+pub use repository::{Loaded, Repository};

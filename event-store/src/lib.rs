@@ -1,0 +1,21 @@
+//! Sagaflow's event store: immutable event streams with optimistic concurrency,
+//! one global order for subscribers, snapshots, timers and a transactional outbox.
+//!
+//! Everything above this crate is written against the [`EventStore`] trait; the
+//! backends ([`postgres`], [`sqlite`], [`memory`]) hold only what differs.
+
+pub mod error;
+pub mod memory;
+pub mod model;
+pub mod postgres;
+pub mod read;
+pub mod store;
+pub mod subscription;
+
+pub use error::{Error, Result};
+pub use model::{
+    AppendResult, Commit, CommitResult, DueTimer, ExpectedVersion, NewEvent, OutboxMessage,
+    OutgoingMessage, ProcessedMessage, RecordedEvent, Snapshot, StreamAppend, TimerChange,
+};
+pub use store::{EventStore, EventStoreExt};
+pub use subscription::Subscription;

@@ -1,0 +1,248 @@
+//! In-memory backend for unit tests: same contract as the durable ones, nothing survives a restart.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::model::{AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, RecordedEvent, Snapshot, TimerChange};
+use crate::store::{validate_commit, EventStore};
+
+#[derive(Default)]
+struct State {
+    streams: HashMap<String, Vec<RecordedEvent>>,
+    all: Vec<RecordedEvent>,
+    event_streams: HashMap<Uuid, String>,
+    snapshots: HashMap<String, BTreeMap<u64, Snapshot>>,
+    outbox: Vec<(OutboxMessage, Option<(String, DateTime<Utc>)>, bool)>,
+    processed: HashSet<(String, String)>,
+    timers: HashMap<String, DateTime<Utc>>,
+}
+
+/// Event store held in memory.
+#[derive(Clone)]
+pub struct MemoryEventStore {
+    state: Arc<Mutex<State>>,
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Default for MemoryEventStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryEventStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self { state: Arc::default(), changes: Arc::new(watch::channel(0).0) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn current_version(state: &State, stream_id: &str) -> u64 {
+    state.streams.get(stream_id).map_or(0, |s| s.len() as u64)
+}
+
+#[async_trait]
+impl EventStore for MemoryEventStore {
+    async fn commit(&self, commit: Commit) -> Result<CommitResult> {
+        validate_commit(&commit)?;
+        let mut state = self.lock();
+        // Check everything first: a failed commit writes nothing.
+        let mut plans = Vec::with_capacity(commit.appends.len());
+        for append in &commit.appends {
+            let current = current_version(&state, &append.stream_id);
+            let stored: Vec<u64> = append
+                .events
+                .iter()
+                .filter_map(|e| {
+                    state.streams.get(&append.stream_id)?.iter().find(|r| r.event_id == e.event_id).map(|r| r.global_position)
+                })
+                .collect();
+            if !append.events.is_empty() && stored.len() == append.events.len() {
+                plans.push((current, Some(stored)));
+                continue;
+            }
+            if !stored.is_empty() {
+                return Err(Error::PartialIdempotentAppend { stream: append.stream_id.clone() });
+            }
+            let actual = (current > 0).then_some(current);
+            if !append.expected.matches(actual) {
+                return Err(Error::WrongExpectedVersion { stream: append.stream_id.clone(), expected: append.expected, actual });
+            }
+            if let Some(e) = append.events.iter().find(|e| state.event_streams.contains_key(&e.event_id)) {
+                return Err(Error::DuplicateEventId { event_id: e.event_id });
+            }
+            plans.push((current, None));
+        }
+        if let Some(p) = &commit.processed {
+            if state.processed.contains(&(p.consumer.clone(), p.message_id.clone())) {
+                return Err(Error::AlreadyProcessed { consumer: p.consumer.clone(), message_id: p.message_id.clone() });
+            }
+        }
+        let mut results = Vec::with_capacity(plans.len());
+        for (append, (current, stored)) in commit.appends.into_iter().zip(plans) {
+            if let Some(positions) = stored {
+                results.push(AppendResult {
+                    stream_id: append.stream_id,
+                    next_expected_version: current,
+                    positions,
+                    already_stored: true,
+                });
+                continue;
+            }
+            let mut positions = Vec::new();
+            let mut version = current;
+            for event in append.events {
+                version += 1;
+                let recorded = RecordedEvent {
+                    event_id: event.event_id,
+                    stream_id: append.stream_id.clone(),
+                    version,
+                    global_position: state.all.len() as u64 + 1,
+                    event_type: event.event_type,
+                    data: event.data,
+                    metadata: event.metadata,
+                    recorded_at: Utc::now(),
+                };
+                positions.push(recorded.global_position);
+                state.event_streams.insert(recorded.event_id, append.stream_id.clone());
+                state.streams.entry(append.stream_id.clone()).or_default().push(recorded.clone());
+                state.all.push(recorded);
+            }
+            results.push(AppendResult { stream_id: append.stream_id, next_expected_version: version, positions, already_stored: false });
+        }
+        if let Some(p) = commit.processed {
+            state.processed.insert((p.consumer, p.message_id));
+        }
+        for message in commit.outbox {
+            let id = state.outbox.len() as u64 + 1;
+            state.outbox.push((OutboxMessage { id, message, created_at: Utc::now() }, None, false));
+        }
+        for timer in commit.timers {
+            match timer {
+                TimerChange::Set { key, due_at } => {
+                    state.timers.insert(key, due_at);
+                }
+                TimerChange::Cancel { key } => {
+                    state.timers.remove(&key);
+                }
+            }
+        }
+        drop(state);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(CommitResult { appends: results })
+    }
+
+    async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let state = self.lock();
+        Ok(state
+            .streams
+            .get(stream_id)
+            .map(|s| s.iter().filter(|e| e.version >= from_version).take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>> {
+        let v = current_version(&self.lock(), stream_id);
+        Ok((v > 0).then_some(v))
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let state = self.lock();
+        let start = usize::try_from(after).unwrap_or(usize::MAX).min(state.all.len());
+        Ok(state.all[start..].iter().take(limit).cloned().collect())
+    }
+
+    async fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let state = self.lock();
+        let mut ids: Vec<String> = state
+            .streams
+            .keys()
+            .filter(|id| id.starts_with(prefix) && after.is_none_or(|a| id.as_str() > a))
+            .cloned()
+            .collect();
+        ids.sort();
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.lock().snapshots.entry(snapshot.stream_id.clone()).or_default().insert(snapshot.version, snapshot);
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream_id: &str, max_version: Option<u64>) -> Result<Option<Snapshot>> {
+        let state = self.lock();
+        Ok(state
+            .snapshots
+            .get(stream_id)
+            .and_then(|s| s.range(..=max_version.unwrap_or(u64::MAX)).next_back().map(|(_, s)| s.clone())))
+    }
+
+    async fn claim_outbox(&self, relay_id: &str, limit: usize, lease: Duration) -> Result<Vec<OutboxMessage>> {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let mut state = self.lock();
+        let mut claimed = Vec::new();
+        for (message, claim, published) in &mut state.outbox {
+            if claimed.len() >= limit {
+                break;
+            }
+            if *published || claim.as_ref().is_some_and(|(_, until)| *until >= now) {
+                continue;
+            }
+            *claim = Some((relay_id.to_owned(), until));
+            claimed.push(message.clone());
+        }
+        Ok(claimed)
+    }
+
+    async fn mark_published(&self, relay_id: &str, ids: &[u64]) -> Result<()> {
+        let mut state = self.lock();
+        for (message, claim, published) in &mut state.outbox {
+            if ids.contains(&message.id) && claim.as_ref().is_some_and(|(r, _)| r == relay_id) {
+                *published = true;
+            }
+        }
+        Ok(())
+    }
+
+    async fn outbox_pending(&self) -> Result<u64> {
+        Ok(self.lock().outbox.iter().filter(|(_, _, published)| !published).count() as u64)
+    }
+
+    async fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>> {
+        let state = self.lock();
+        let mut due: Vec<DueTimer> = state
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, due_at)| DueTimer { key: key.clone(), due_at: *due_at })
+            .collect();
+        due.sort_by_key(|t| t.due_at);
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,228 @@
+//! The data the event store takes and gives back.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// What a writer believes a stream's version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedVersion {
+    /// The stream must have no events yet.
+    NoStream,
+    /// The stream's last event must have exactly this version.
+    Exact(u64),
+    /// No check.
+    Any,
+}
+
+impl ExpectedVersion {
+    /// The expectation matching a stream's current version (`None`: no stream).
+    pub fn from_current(current: Option<u64>) -> Self {
+        match current {
+            None | Some(0) => Self::NoStream,
+            Some(v) => Self::Exact(v),
+        }
+    }
+
+    /// Whether a stream at `actual` satisfies this expectation.
+    pub fn matches(self, actual: Option<u64>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream | Self::Exact(0) => actual.unwrap_or(0) == 0,
+            Self::Exact(v) => actual == Some(v),
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoStream => f.write_str("no stream"),
+            Self::Exact(v) => write!(f, "{v}"),
+            Self::Any => f.write_str("any"),
+        }
+    }
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Client-suppliable id; re-appending a stored id to the same stream is a no-op.
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub data: Value,
+    /// Correlation id, causation id, trace context, …
+    pub metadata: Value,
+}
+
+impl NewEvent {
+    /// A new event with a fresh time-ordered id and empty metadata.
+    pub fn new(event_type: impl Into<String>, data: Value) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            data,
+            metadata: Value::Object(serde_json::Map::new()),
+        }
+    }
+
+    /// Sets the event id (for idempotent retries).
+    #[must_use]
+    pub fn with_id(mut self, event_id: Uuid) -> Self {
+        self.event_id = event_id;
+        self
+    }
+
+    /// Sets the metadata.
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: Value) -> Self {
+        self.metadata = metadata;
+        self
+    }
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    pub event_id: Uuid,
+    pub stream_id: String,
+    /// Gap-free per stream, starting at 1.
+    pub version: u64,
+    /// Total order of all events: a reader never sees an event appear below a position it passed.
+    pub global_position: u64,
+    pub event_type: String,
+    pub data: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Events to append to one stream, guarded by an expected version.
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+/// A message to hand to the transport once the commit carrying it is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingMessage {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Marks a consumed message as processed in the same transaction as its effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessedMessage {
+    pub consumer: String,
+    pub message_id: String,
+}
+
+/// A durable wake-up, keyed so that one owner (a saga) has at most one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerChange {
+    Set { key: String, due_at: DateTime<Utc> },
+    Cancel { key: String },
+}
+
+/// Everything written in one atomic transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub appends: Vec<StreamAppend>,
+    pub outbox: Vec<OutgoingMessage>,
+    pub processed: Option<ProcessedMessage>,
+    pub timers: Vec<TimerChange>,
+}
+
+impl Commit {
+    /// A commit that appends to one stream.
+    pub fn append(stream_id: impl Into<String>, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        Self::default().with_append(stream_id, expected, events)
+    }
+
+    /// Adds an append to another stream.
+    #[must_use]
+    pub fn with_append(mut self, stream_id: impl Into<String>, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        self.appends.push(StreamAppend { stream_id: stream_id.into(), expected, events });
+        self
+    }
+
+    /// Adds an outgoing message.
+    #[must_use]
+    pub fn with_message(mut self, message: OutgoingMessage) -> Self {
+        self.outbox.push(message);
+        self
+    }
+
+    /// Records the consumed message this commit is the effect of.
+    #[must_use]
+    pub fn processing(mut self, consumer: impl Into<String>, message_id: impl Into<String>) -> Self {
+        self.processed = Some(ProcessedMessage { consumer: consumer.into(), message_id: message_id.into() });
+        self
+    }
+
+    /// Adds a timer change.
+    #[must_use]
+    pub fn with_timer(mut self, change: TimerChange) -> Self {
+        self.timers.push(change);
+        self
+    }
+}
+
+/// Where one stream append landed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    pub stream_id: String,
+    /// The stream's version after the append: the `expected` for the next one.
+    pub next_expected_version: u64,
+    /// Global positions of the appended (or, for an idempotent retry, the original) events.
+    pub positions: Vec<u64>,
+    /// True when every event id was already stored and nothing was written.
+    pub already_stored: bool,
+}
+
+/// The outcome of a commit: one entry per append, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommitResult {
+    pub appends: Vec<AppendResult>,
+}
+
+/// Folded state of a stream at a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub stream_id: String,
+    pub version: u64,
+    pub state: Value,
+    pub taken_at: DateTime<Utc>,
+}
+
+/// A claimed outbox message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// Outbox order: the order messages were committed in.
+    pub id: u64,
+    pub message: OutgoingMessage,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A timer whose time has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueTimer {
+    pub key: String,
+    pub due_at: DateTime<Utc>,
+}
+
+pub(crate) fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(crate) fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,113 @@
+//! The seam every backend implements.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::model::{
+    AppendResult, Commit, DueTimer, ExpectedVersion, NewEvent, OutboxMessage, RecordedEvent, Snapshot,
+};
+
+/// An event store backend.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Writes every part of `commit` in one transaction, or nothing.
+    ///
+    /// Fails with [`Error::WrongExpectedVersion`] when a stream is not at its expected
+    /// version and with [`Error::AlreadyProcessed`] when the commit's processed message
+    /// was already recorded.
+    async fn commit(&self, commit: Commit) -> Result<crate::model::CommitResult>;
+
+    /// Up to `limit` events of a stream, from version `from_version` (inclusive) on.
+    async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>>;
+
+    /// The stream's current version; `None` when it has no events.
+    async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>>;
+
+    /// Up to `limit` events of all streams with a global position above `after`, in order.
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>>;
+
+    /// Stream ids that start with `prefix`, in id order, after `after`.
+    async fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
+
+    /// Stores the folded state of a stream at a version (replacing one at the same version).
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()>;
+
+    /// The latest snapshot of a stream, at or below `max_version` when given.
+    async fn load_snapshot(&self, stream_id: &str, max_version: Option<u64>) -> Result<Option<Snapshot>>;
+
+    /// Claims up to `limit` unpublished outbox messages, in outbox order, for `lease`.
+    /// A message claimed by one relay is not handed to another until its lease ends.
+    async fn claim_outbox(&self, relay_id: &str, limit: usize, lease: Duration) -> Result<Vec<OutboxMessage>>;
+
+    /// Marks messages claimed by `relay_id` as published.
+    async fn mark_published(&self, relay_id: &str, ids: &[u64]) -> Result<()>;
+
+    /// How many outbox messages are not yet published.
+    async fn outbox_pending(&self) -> Result<u64>;
+
+    /// Timers due at or before `now`, earliest first.
+    async fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>>;
+
+    /// Ticks after every commit (in any process sharing the database, where the backend can tell).
+    fn changes(&self) -> watch::Receiver<u64>;
+
+    /// Checks that the backend answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// A short name of the backend, for logs and health reports.
+    fn backend(&self) -> &'static str;
+}
+
+/// Conveniences over [`EventStore`].
+#[async_trait]
+pub trait EventStoreExt: EventStore {
+    /// Appends events to one stream.
+    async fn append(&self, stream_id: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<AppendResult> {
+        let mut result = self.commit(Commit::append(stream_id, expected, events)).await?;
+        result
+            .appends
+            .pop()
+            .ok_or_else(|| Error::Invalid("commit returned no append result".into()))
+    }
+
+    /// Every event of a stream, from `from_version` on (reads in pages).
+    async fn read_stream_to_end(&self, stream_id: &str, from_version: u64) -> Result<Vec<RecordedEvent>> {
+        const PAGE: usize = 500;
+        let mut out = Vec::new();
+        let mut next = from_version.max(1);
+        loop {
+            let page = self.read_stream(stream_id, next, PAGE).await?;
+            let done = page.len() < PAGE;
+            if let Some(last) = page.last() {
+                next = last.version + 1;
+            }
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+impl<T: EventStore + ?Sized> EventStoreExt for T {}
+
+pub(crate) fn validate_commit(commit: &Commit) -> Result<()> {
+    for append in &commit.appends {
+        if append.stream_id.is_empty() || append.stream_id.len() > 512 {
+            return Err(Error::Invalid("stream id must be 1..=512 characters".into()));
+        }
+        if append.events.iter().any(|e| e.event_type.is_empty()) {
+            return Err(Error::Invalid(format!("an event for '{}' has an empty type", append.stream_id)));
+        }
+    }
+    let mut ids: Vec<&str> = commit.appends.iter().map(|a| a.stream_id.as_str()).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Invalid("a commit may append to a stream only once".into()));
+    }
+    Ok(())
+}
