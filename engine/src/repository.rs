@@ -295,8 +295,12 @@ mod tests {
                 let expected = ExpectedVersion::from_current(Some(loaded.version));
                 std::thread::spawn(move || {
                     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-                    rt.block_on(store.append("counter-a", expected, vec![encode(&CounterEvent::Added { by: 0 }).unwrap()]))
-                        .unwrap();
+                    rt.block_on(store.append(
+                        "counter-a",
+                        expected,
+                        vec![encode(&CounterEvent::Added { by: 0 }).unwrap()],
+                    ))
+                    .unwrap();
                 })
                 .join()
                 .unwrap();

@@ -14,8 +14,8 @@ pub mod subscription;
 
 pub use error::{Error, Result};
 pub use model::{
-    AppendResult, Commit, CommitResult, DueTimer, ExpectedVersion, NewEvent, OutboxMessage,
-    OutgoingMessage, ProcessedMessage, RecordedEvent, Snapshot, StreamAppend, TimerChange,
+    AppendResult, Commit, CommitResult, DueTimer, ExpectedVersion, NewEvent, OutboxMessage, OutgoingMessage,
+    ProcessedMessage, RecordedEvent, Snapshot, StreamAppend, TimerChange,
 };
 pub use store::{EventStore, EventStoreExt};
 pub use subscription::Subscription;

@@ -13,13 +13,19 @@ use crate::error::{Error, Result};
 use crate::model::{AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, RecordedEvent, Snapshot, TimerChange};
 use crate::store::{validate_commit, EventStore};
 
+struct OutboxEntry {
+    message: OutboxMessage,
+    claim: Option<(String, DateTime<Utc>)>,
+    published: bool,
+}
+
 #[derive(Default)]
 struct State {
     streams: HashMap<String, Vec<RecordedEvent>>,
     all: Vec<RecordedEvent>,
     event_streams: HashMap<Uuid, String>,
     snapshots: HashMap<String, BTreeMap<u64, Snapshot>>,
-    outbox: Vec<(OutboxMessage, Option<(String, DateTime<Utc>)>, bool)>,
+    outbox: Vec<OutboxEntry>,
     processed: HashSet<(String, String)>,
     timers: HashMap<String, DateTime<Utc>>,
 }
@@ -65,7 +71,12 @@ impl EventStore for MemoryEventStore {
                 .events
                 .iter()
                 .filter_map(|e| {
-                    state.streams.get(&append.stream_id)?.iter().find(|r| r.event_id == e.event_id).map(|r| r.global_position)
+                    state
+                        .streams
+                        .get(&append.stream_id)?
+                        .iter()
+                        .find(|r| r.event_id == e.event_id)
+                        .map(|r| r.global_position)
                 })
                 .collect();
             if !append.events.is_empty() && stored.len() == append.events.len() {
@@ -77,7 +88,11 @@ impl EventStore for MemoryEventStore {
             }
             let actual = (current > 0).then_some(current);
             if !append.expected.matches(actual) {
-                return Err(Error::WrongExpectedVersion { stream: append.stream_id.clone(), expected: append.expected, actual });
+                return Err(Error::WrongExpectedVersion {
+                    stream: append.stream_id.clone(),
+                    expected: append.expected,
+                    actual,
+                });
             }
             if let Some(e) = append.events.iter().find(|e| state.event_streams.contains_key(&e.event_id)) {
                 return Err(Error::DuplicateEventId { event_id: e.event_id });
@@ -119,14 +134,23 @@ impl EventStore for MemoryEventStore {
                 state.streams.entry(append.stream_id.clone()).or_default().push(recorded.clone());
                 state.all.push(recorded);
             }
-            results.push(AppendResult { stream_id: append.stream_id, next_expected_version: version, positions, already_stored: false });
+            results.push(AppendResult {
+                stream_id: append.stream_id,
+                next_expected_version: version,
+                positions,
+                already_stored: false,
+            });
         }
         if let Some(p) = commit.processed {
             state.processed.insert((p.consumer, p.message_id));
         }
         for message in commit.outbox {
             let id = state.outbox.len() as u64 + 1;
-            state.outbox.push((OutboxMessage { id, message, created_at: Utc::now() }, None, false));
+            state.outbox.push(OutboxEntry {
+                message: OutboxMessage { id, message, created_at: Utc::now() },
+                claim: None,
+                published: false,
+            });
         }
         for timer in commit.timers {
             match timer {
@@ -194,31 +218,31 @@ impl EventStore for MemoryEventStore {
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         let mut state = self.lock();
         let mut claimed = Vec::new();
-        for (message, claim, published) in &mut state.outbox {
+        for entry in &mut state.outbox {
             if claimed.len() >= limit {
                 break;
             }
-            if *published || claim.as_ref().is_some_and(|(_, until)| *until >= now) {
+            if entry.published || entry.claim.as_ref().is_some_and(|(_, until)| *until >= now) {
                 continue;
             }
-            *claim = Some((relay_id.to_owned(), until));
-            claimed.push(message.clone());
+            entry.claim = Some((relay_id.to_owned(), until));
+            claimed.push(entry.message.clone());
         }
         Ok(claimed)
     }
 
     async fn mark_published(&self, relay_id: &str, ids: &[u64]) -> Result<()> {
         let mut state = self.lock();
-        for (message, claim, published) in &mut state.outbox {
-            if ids.contains(&message.id) && claim.as_ref().is_some_and(|(r, _)| r == relay_id) {
-                *published = true;
+        for entry in &mut state.outbox {
+            if ids.contains(&entry.message.id) && entry.claim.as_ref().is_some_and(|(r, _)| r == relay_id) {
+                entry.published = true;
             }
         }
         Ok(())
     }
 
     async fn outbox_pending(&self) -> Result<u64> {
-        Ok(self.lock().outbox.iter().filter(|(_, _, published)| !published).count() as u64)
+        Ok(self.lock().outbox.iter().filter(|e| !e.published).count() as u64)
     }
 
     async fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>> {

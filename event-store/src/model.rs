@@ -149,7 +149,12 @@ impl Commit {
 
     /// Adds an append to another stream.
     #[must_use]
-    pub fn with_append(mut self, stream_id: impl Into<String>, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+    pub fn with_append(
+        mut self,
+        stream_id: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Self {
         self.appends.push(StreamAppend { stream_id: stream_id.into(), expected, events });
         self
     }

@@ -43,11 +43,8 @@ pub struct PgEventStore {
 impl PgEventStore {
     /// Connects, applies migrations and starts listening for commits of other processes.
     pub async fn connect(url: &str) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(20)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
+        let pool =
+            PgPoolOptions::new().max_connections(20).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
         MIGRATOR.run(&pool).await?;
         Self::from_pool(pool).await
     }
@@ -175,9 +172,11 @@ impl PgEventStore {
                 });
             }
         }
-        let writes_events = commit.appends.iter().zip(&results).any(|(a, r)| {
-            !a.events.is_empty() && r.as_ref().is_some_and(|r| !r.already_stored)
-        });
+        let writes_events = commit
+            .appends
+            .iter()
+            .zip(&results)
+            .any(|(a, r)| !a.events.is_empty() && r.as_ref().is_some_and(|r| !r.already_stored));
         if writes_events {
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GLOBAL_ORDER_LOCK).execute(&mut *tx).await?;
         }
@@ -410,9 +409,8 @@ impl EventStore for PgEventStore {
     }
 
     async fn outbox_pending(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;
         Ok(u64_of(n))
     }
 

@@ -7,9 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::model::{
-    AppendResult, Commit, DueTimer, ExpectedVersion, NewEvent, OutboxMessage, RecordedEvent, Snapshot,
-};
+use crate::model::{AppendResult, Commit, DueTimer, ExpectedVersion, NewEvent, OutboxMessage, RecordedEvent, Snapshot};
 
 /// An event store backend.
 #[async_trait]
@@ -68,10 +66,7 @@ pub trait EventStoreExt: EventStore {
     /// Appends events to one stream.
     async fn append(&self, stream_id: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<AppendResult> {
         let mut result = self.commit(Commit::append(stream_id, expected, events)).await?;
-        result
-            .appends
-            .pop()
-            .ok_or_else(|| Error::Invalid("commit returned no append result".into()))
+        result.appends.pop().ok_or_else(|| Error::Invalid("commit returned no append result".into()))
     }
 
     /// Every event of a stream, from `from_version` on (reads in pages).

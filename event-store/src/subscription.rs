@@ -28,7 +28,14 @@ impl Subscription {
     /// Subscribes to events with a global position above `checkpoint` (0: from the start).
     pub fn after(store: Arc<dyn EventStore>, checkpoint: u64) -> Self {
         let changes = store.changes();
-        Self { store, position: checkpoint, buffer: VecDeque::new(), changes, batch: 500, poll: Duration::from_millis(500) }
+        Self {
+            store,
+            position: checkpoint,
+            buffer: VecDeque::new(),
+            changes,
+            batch: 500,
+            poll: Duration::from_millis(500),
+        }
     }
 
     /// The position of the last event delivered: the checkpoint to resume from.
