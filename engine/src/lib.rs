@@ -3,8 +3,10 @@
 
 pub mod aggregate;
 pub mod codec;
+pub mod definition;
 pub mod error;
 pub mod repository;
+pub mod saga;
 
 pub use aggregate::Aggregate;
 pub use error::{Error, Result};

@@ -1,0 +1,745 @@
+//! The saga state machine: the events of a saga's own stream, the state they fold into,
+//! and the pure decisions that turn a reply or a due timer into new events.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::definition::{SagaDefinition, StepDefinition};
+
+/// Running a step, or undoing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Forward,
+    Compensation,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Forward => "do",
+            Self::Compensation => "undo",
+        }
+    }
+}
+
+/// Everything that happens to a saga; its stream is its audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum SagaEvent {
+    SagaStarted { saga_id: Uuid, definition: SagaDefinition, input: Value },
+    StepCommandSent { step: String, attempt: u32, message_id: String, deadline: DateTime<Utc> },
+    StepSucceeded { step: String, attempt: u32, reply_id: String, output: Value },
+    StepFailed { step: String, attempt: u32, reason: String, retryable: bool },
+    StepTimedOut { step: String, attempt: u32, message_id: String },
+    StepRetryScheduled { step: String, phase: Phase, next_attempt: u32, at: DateTime<Utc> },
+    CompensationStarted { failed_step: String, reason: String },
+    CompensationSent { step: String, attempt: u32, message_id: String, deadline: DateTime<Utc> },
+    StepCompensated { step: String, attempt: u32, reply_id: String },
+    CompensationFailed { step: String, attempt: u32, reason: String },
+    /// A reply for an attempt the saga no longer waits for (late after a timeout, or stray).
+    ReplyIgnored { reply_id: String, in_reply_to: String, reason: String },
+    SagaCompleted {},
+    SagaCompensated { reason: String },
+    /// A compensation kept failing, or a step failed after the pivot: an operator must look.
+    SagaFailed { reason: String },
+}
+
+/// Where a saga stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SagaStatus {
+    #[default]
+    NotStarted,
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Failed,
+}
+
+impl SagaStatus {
+    /// Whether nothing more will happen to the saga.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Compensated | Self::Failed)
+    }
+}
+
+/// Where one step stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StepStatus {
+    #[default]
+    Pending,
+    Running,
+    WaitingToRetry,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Compensating,
+    Compensated,
+    CompensationFailed,
+}
+
+/// One step's progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepState {
+    pub name: String,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+}
+
+impl StepState {
+    fn sent(&mut self, phase: Phase, attempt: u32) {
+        match phase {
+            Phase::Forward => {
+                self.status = StepStatus::Running;
+                self.attempts = attempt;
+            }
+            Phase::Compensation => {
+                self.status = StepStatus::Compensating;
+                self.compensation_attempts = attempt;
+            }
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.status = StepStatus::Succeeded;
+    }
+
+    fn failed(&mut self) {
+        self.status = StepStatus::Failed;
+    }
+
+    fn timed_out(&mut self) {
+        self.status = StepStatus::TimedOut;
+    }
+
+    fn waiting_to_retry(&mut self, phase: Phase) {
+        if phase == Phase::Forward {
+            self.status = StepStatus::WaitingToRetry;
+        }
+    }
+
+    fn compensated(&mut self) {
+        self.status = StepStatus::Compensated;
+    }
+
+    fn compensation_failed(&mut self) {
+        self.status = StepStatus::CompensationFailed;
+    }
+}
+
+/// The attempt a saga waits a reply for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Awaiting {
+    pub step: usize,
+    pub phase: Phase,
+    pub attempt: u32,
+    pub message_id: String,
+    pub deadline: DateTime<Utc>,
+}
+
+/// A retry waiting for its backoff to pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledRetry {
+    pub step: usize,
+    pub phase: Phase,
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+}
+
+/// A saga's state: the fold of its stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SagaState {
+    pub saga_id: Option<Uuid>,
+    pub definition: Option<SagaDefinition>,
+    pub input: Value,
+    /// The input merged with every succeeded step's output; sent with each command.
+    pub context: Value,
+    pub status: SagaStatus,
+    pub steps: Vec<StepState>,
+    pub awaiting: Option<Awaiting>,
+    pub retry: Option<ScheduledRetry>,
+    /// Why the saga is compensating, compensated or failed.
+    pub reason: Option<String>,
+}
+
+/// The outcome a participant reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyOutcome {
+    pub reply_id: String,
+    pub in_reply_to: String,
+    pub result: Result<Value, Failure>,
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    /// Whether another attempt might succeed (a business refusal is not retryable).
+    pub retryable: bool,
+}
+
+/// A command the coordinator must send because of a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepCommand {
+    pub step: StepDefinition,
+    pub phase: Phase,
+    pub attempt: u32,
+    pub message_id: String,
+    pub command_type: String,
+    pub payload: Value,
+}
+
+impl SagaState {
+    fn step_index(&self, name: &str) -> Option<usize> {
+        self.definition.as_ref().and_then(|d| d.step_index(name))
+    }
+
+    fn step_def(&self, index: usize) -> Option<&StepDefinition> {
+        self.definition.as_ref().and_then(|d| d.steps.get(index))
+    }
+
+    /// Folds one event.
+    pub fn apply(&mut self, event: &SagaEvent) {
+        match event {
+            SagaEvent::SagaStarted { saga_id, definition, input } => {
+                self.saga_id = Some(*saga_id);
+                self.steps = definition
+                    .steps
+                    .iter()
+                    .map(|s| StepState {
+                        name: s.name.clone(),
+                        status: StepStatus::Pending,
+                        attempts: 0,
+                        compensation_attempts: 0,
+                    })
+                    .collect();
+                self.definition = Some(definition.clone());
+                self.input = input.clone();
+                self.context = match input {
+                    Value::Object(_) => input.clone(),
+                    other => Value::Object(Map::from_iter([("input".to_owned(), other.clone())])),
+                };
+                self.status = SagaStatus::Running;
+            }
+            SagaEvent::StepCommandSent { step, attempt, message_id, deadline } => {
+                self.sent(step, Phase::Forward, *attempt, message_id, *deadline);
+            }
+            SagaEvent::CompensationSent { step, attempt, message_id, deadline } => {
+                self.sent(step, Phase::Compensation, *attempt, message_id, *deadline);
+            }
+            SagaEvent::StepSucceeded { step, output, .. } => {
+                self.with_step(step, StepState::succeeded);
+                if let (Value::Object(context), Value::Object(output)) = (&mut self.context, output) {
+                    context.extend(output.clone());
+                }
+                self.awaiting = None;
+            }
+            SagaEvent::StepFailed { step, .. } => {
+                self.with_step(step, StepState::failed);
+                self.awaiting = None;
+            }
+            SagaEvent::StepTimedOut { step, .. } => {
+                self.with_step(step, StepState::timed_out);
+                self.awaiting = None;
+            }
+            SagaEvent::StepRetryScheduled { step, phase, next_attempt, at } => {
+                self.with_step(step, |s| s.waiting_to_retry(*phase));
+                self.retry = self.step_index(step).map(|index| ScheduledRetry {
+                    step: index,
+                    phase: *phase,
+                    attempt: *next_attempt,
+                    at: *at,
+                });
+            }
+            SagaEvent::CompensationStarted { reason, .. } => {
+                self.status = SagaStatus::Compensating;
+                self.reason = Some(reason.clone());
+            }
+            SagaEvent::StepCompensated { step, .. } => {
+                self.with_step(step, StepState::compensated);
+                self.awaiting = None;
+            }
+            SagaEvent::CompensationFailed { step, .. } => {
+                self.with_step(step, StepState::compensation_failed);
+                self.awaiting = None;
+            }
+            SagaEvent::ReplyIgnored { .. } => {}
+            SagaEvent::SagaCompleted {} => self.finish(SagaStatus::Completed, None),
+            SagaEvent::SagaCompensated { reason } => self.finish(SagaStatus::Compensated, Some(reason)),
+            SagaEvent::SagaFailed { reason } => self.finish(SagaStatus::Failed, Some(reason)),
+        }
+    }
+
+    fn sent(&mut self, step: &str, phase: Phase, attempt: u32, message_id: &str, deadline: DateTime<Utc>) {
+        self.with_step(step, |s| s.sent(phase, attempt));
+        self.awaiting = self.step_index(step).map(|index| Awaiting {
+            step: index,
+            phase,
+            attempt,
+            message_id: message_id.to_owned(),
+            deadline,
+        });
+        self.retry = None;
+    }
+
+    fn with_step(&mut self, name: &str, f: impl FnOnce(&mut StepState)) {
+        if let Some(step) = self.steps.iter_mut().find(|s| s.name == name) {
+            f(step);
+        }
+    }
+
+    fn finish(&mut self, status: SagaStatus, reason: Option<&String>) {
+        self.status = status;
+        if let Some(reason) = reason {
+            self.reason = Some(reason.clone());
+        }
+        self.awaiting = None;
+        self.retry = None;
+    }
+
+    /// When the saga next needs attention without a reply: a deadline or a retry.
+    pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
+        if self.status.is_terminal() {
+            return None;
+        }
+        self.awaiting.as_ref().map(|a| a.deadline).or_else(|| self.retry.as_ref().map(|r| r.at))
+    }
+
+    /// The command to send for a `…Sent` event, with the context as it is now.
+    pub fn command_for(&self, event: &SagaEvent) -> Option<StepCommand> {
+        let (step, phase, attempt, message_id) = match event {
+            SagaEvent::StepCommandSent { step, attempt, message_id, .. } => (step, Phase::Forward, attempt, message_id),
+            SagaEvent::CompensationSent { step, attempt, message_id, .. } => {
+                (step, Phase::Compensation, attempt, message_id)
+            }
+            _ => return None,
+        };
+        let def = self.step_def(self.step_index(step)?)?.clone();
+        let command_type = match phase {
+            Phase::Forward => def.command.clone(),
+            Phase::Compensation => def.compensation.clone()?,
+        };
+        let mut payload = self.context.clone();
+        if let (Phase::Compensation, Value::Object(map), Some(reason)) = (phase, &mut payload, &self.reason) {
+            map.insert("compensation_reason".to_owned(), Value::String(reason.clone()));
+        }
+        Some(StepCommand { step: def, phase, attempt: *attempt, message_id: message_id.clone(), command_type, payload })
+    }
+}
+
+/// Builds the events of a decision while keeping a state that already includes them.
+struct Decision {
+    state: SagaState,
+    events: Vec<SagaEvent>,
+    now: DateTime<Utc>,
+}
+
+impl Decision {
+    fn new(state: &SagaState, now: DateTime<Utc>) -> Self {
+        Self { state: state.clone(), events: Vec::new(), now }
+    }
+
+    fn emit(&mut self, event: SagaEvent) {
+        self.state.apply(&event);
+        self.events.push(event);
+    }
+
+    fn name(&self, index: usize) -> String {
+        self.state.step_def(index).map(|s| s.name.clone()).unwrap_or_default()
+    }
+
+    fn send(&mut self, index: usize, phase: Phase, attempt: u32) {
+        let Some(def) = self.state.step_def(index) else { return };
+        let saga_id = self.state.saga_id.unwrap_or_default();
+        let step = def.name.clone();
+        let message_id = format!("{saga_id}/{step}/{}/{attempt}", phase.as_str());
+        let deadline = self.now + chrono::Duration::from_std(def.timeout()).unwrap_or(chrono::Duration::MAX);
+        self.emit(match phase {
+            Phase::Forward => SagaEvent::StepCommandSent { step, attempt, message_id, deadline },
+            Phase::Compensation => SagaEvent::CompensationSent { step, attempt, message_id, deadline },
+        });
+    }
+
+    /// Retries when the policy allows another attempt; returns false when attempts are used up.
+    fn retry(&mut self, index: usize, phase: Phase, attempt: u32) -> bool {
+        let Some(policy) = self.state.step_def(index).map(|s| s.retry.clone()) else { return false };
+        if attempt >= policy.max_attempts {
+            return false;
+        }
+        let next_attempt = attempt + 1;
+        let at = self.now + chrono::Duration::from_std(policy.backoff(next_attempt)).unwrap_or(chrono::Duration::MAX);
+        self.emit(SagaEvent::StepRetryScheduled { step: self.name(index), phase, next_attempt, at });
+        true
+    }
+
+    fn advance(&mut self, done: usize) {
+        if done + 1 < self.state.steps.len() {
+            self.send(done + 1, Phase::Forward, 1);
+        } else {
+            self.emit(SagaEvent::SagaCompleted {});
+        }
+    }
+
+    fn begin_compensation(&mut self, failed: usize, reason: String) {
+        let pivot = (0..failed)
+            .find(|i| self.state.step_def(*i).is_some_and(|s| s.compensation.is_none()))
+            .map(|i| self.name(i));
+        if let Some(pivot) = pivot {
+            let failed = self.name(failed);
+            self.emit(SagaEvent::SagaFailed {
+                reason: format!("step '{failed}' failed after the pivot step '{pivot}' completed: {reason}"),
+            });
+            return;
+        }
+        self.emit(SagaEvent::CompensationStarted { failed_step: self.name(failed), reason });
+        self.compensate_below(failed);
+    }
+
+    fn compensate_below(&mut self, below: usize) {
+        let next = (0..below).rev().find(|i| self.state.steps.get(*i).is_some_and(|s| s.status == StepStatus::Succeeded));
+        match next {
+            Some(index) => self.send(index, Phase::Compensation, 1),
+            None => {
+                let reason = self.state.reason.clone().unwrap_or_default();
+                self.emit(SagaEvent::SagaCompensated { reason });
+            }
+        }
+    }
+
+    fn compensation_gave_up(&mut self, index: usize, attempt: u32, reason: &str) {
+        if !self.retry(index, Phase::Compensation, attempt) {
+            let step = self.name(index);
+            self.emit(SagaEvent::SagaFailed {
+                reason: format!("compensation of step '{step}' failed after {attempt} attempt(s): {reason}"),
+            });
+        }
+    }
+}
+
+/// The events that start a saga: it is recorded, and its first step's command is sent.
+pub fn start(saga_id: Uuid, definition: SagaDefinition, input: Value, now: DateTime<Utc>) -> Vec<SagaEvent> {
+    let mut decision = Decision::new(&SagaState::default(), now);
+    decision.emit(SagaEvent::SagaStarted { saga_id, definition, input });
+    decision.send(0, Phase::Forward, 1);
+    decision.events
+}
+
+impl SagaState {
+    /// The events a participant's reply leads to.
+    pub fn on_reply(&self, reply: &ReplyOutcome, now: DateTime<Utc>) -> Vec<SagaEvent> {
+        let mut d = Decision::new(self, now);
+        let Some(awaiting) = self.awaiting.clone().filter(|a| a.message_id == reply.in_reply_to) else {
+            let reason = if self.status.is_terminal() {
+                "saga already finished"
+            } else {
+                "the saga is not waiting for a reply to that message"
+            };
+            d.emit(SagaEvent::ReplyIgnored {
+                reply_id: reply.reply_id.clone(),
+                in_reply_to: reply.in_reply_to.clone(),
+                reason: reason.to_owned(),
+            });
+            return d.events;
+        };
+        let (index, attempt) = (awaiting.step, awaiting.attempt);
+        let step = d.name(index);
+        match (awaiting.phase, &reply.result) {
+            (Phase::Forward, Ok(output)) => {
+                d.emit(SagaEvent::StepSucceeded {
+                    step,
+                    attempt,
+                    reply_id: reply.reply_id.clone(),
+                    output: output.clone(),
+                });
+                d.advance(index);
+            }
+            (Phase::Forward, Err(failure)) => {
+                d.emit(SagaEvent::StepFailed {
+                    step: step.clone(),
+                    attempt,
+                    reason: failure.reason.clone(),
+                    retryable: failure.retryable,
+                });
+                if !(failure.retryable && d.retry(index, Phase::Forward, attempt)) {
+                    d.begin_compensation(index, format!("step '{step}' failed: {}", failure.reason));
+                }
+            }
+            (Phase::Compensation, Ok(_)) => {
+                d.emit(SagaEvent::StepCompensated { step, attempt, reply_id: reply.reply_id.clone() });
+                d.compensate_below(index);
+            }
+            (Phase::Compensation, Err(failure)) => {
+                d.emit(SagaEvent::CompensationFailed { step, attempt, reason: failure.reason.clone() });
+                d.compensation_gave_up(index, attempt, &failure.reason);
+            }
+        }
+        d.events
+    }
+
+    /// The events a due timer leads to: a timed-out attempt, or a retry whose backoff passed.
+    pub fn on_timer(&self, now: DateTime<Utc>) -> Vec<SagaEvent> {
+        let mut d = Decision::new(self, now);
+        if self.status.is_terminal() {
+            return d.events;
+        }
+        if let Some(awaiting) = self.awaiting.clone().filter(|a| a.deadline <= now) {
+            let (index, attempt) = (awaiting.step, awaiting.attempt);
+            let step = d.name(index);
+            match awaiting.phase {
+                Phase::Forward => {
+                    d.emit(SagaEvent::StepTimedOut { step: step.clone(), attempt, message_id: awaiting.message_id });
+                    if !d.retry(index, Phase::Forward, attempt) {
+                        d.begin_compensation(index, format!("step '{step}' timed out after {attempt} attempt(s)"));
+                    }
+                }
+                Phase::Compensation => {
+                    let reason = "timed out".to_owned();
+                    d.emit(SagaEvent::CompensationFailed { step, attempt, reason: reason.clone() });
+                    d.compensation_gave_up(index, attempt, &reason);
+                }
+            }
+        } else if let Some(retry) = self.retry.clone().filter(|r| r.at <= now) {
+            d.send(retry.step, retry.phase, retry.attempt);
+        }
+        d.events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::RetryPolicy;
+    use serde_json::json;
+
+    fn step(name: &str, compensation: Option<&str>, max_attempts: u32) -> StepDefinition {
+        StepDefinition {
+            name: name.into(),
+            participant: format!("{name}-svc"),
+            command: format!("Do{name}"),
+            compensation: compensation.map(Into::into),
+            timeout_ms: 1_000,
+            retry: RetryPolicy { max_attempts, initial_backoff_ms: 10, max_backoff_ms: 100, multiplier: 2 },
+        }
+    }
+
+    fn definition(steps: Vec<StepDefinition>) -> SagaDefinition {
+        SagaDefinition { name: "test".into(), version: 1, steps }
+    }
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    fn secs(s: i64) -> DateTime<Utc> {
+        t0() + chrono::Duration::seconds(s)
+    }
+
+    struct Saga {
+        state: SagaState,
+        log: Vec<SagaEvent>,
+    }
+
+    impl Saga {
+        fn start(steps: Vec<StepDefinition>) -> Self {
+            let mut saga = Self { state: SagaState::default(), log: vec![] };
+            let events = start(Uuid::nil(), definition(steps), json!({"order": 7}), t0());
+            saga.record(events);
+            saga
+        }
+
+        fn record(&mut self, events: Vec<SagaEvent>) -> Vec<&'static str> {
+            let names = events.iter().map(kind).collect();
+            for e in &events {
+                self.state.apply(e);
+            }
+            self.log.extend(events);
+            names
+        }
+
+        fn pending_id(&self) -> String {
+            self.state.awaiting.as_ref().expect("awaiting a reply").message_id.clone()
+        }
+
+        fn reply(&mut self, result: Result<Value, Failure>, at: i64) -> Vec<&'static str> {
+            let in_reply_to = self.pending_id();
+            let reply = ReplyOutcome { reply_id: format!("{in_reply_to}/reply"), in_reply_to, result };
+            let events = self.state.on_reply(&reply, secs(at));
+            self.record(events)
+        }
+
+        fn ok(&mut self, output: Value) -> Vec<&'static str> {
+            self.reply(Ok(output), 0)
+        }
+
+        fn fail(&mut self, reason: &str, retryable: bool) -> Vec<&'static str> {
+            self.reply(Err(Failure { reason: reason.into(), retryable }), 0)
+        }
+
+        fn timer(&mut self, at: i64) -> Vec<&'static str> {
+            let events = self.state.on_timer(secs(at));
+            self.record(events)
+        }
+    }
+
+    fn kind(e: &SagaEvent) -> &'static str {
+        match e {
+            SagaEvent::SagaStarted { .. } => "SagaStarted",
+            SagaEvent::StepCommandSent { .. } => "StepCommandSent",
+            SagaEvent::StepSucceeded { .. } => "StepSucceeded",
+            SagaEvent::StepFailed { .. } => "StepFailed",
+            SagaEvent::StepTimedOut { .. } => "StepTimedOut",
+            SagaEvent::StepRetryScheduled { .. } => "StepRetryScheduled",
+            SagaEvent::CompensationStarted { .. } => "CompensationStarted",
+            SagaEvent::CompensationSent { .. } => "CompensationSent",
+            SagaEvent::StepCompensated { .. } => "StepCompensated",
+            SagaEvent::CompensationFailed { .. } => "CompensationFailed",
+            SagaEvent::ReplyIgnored { .. } => "ReplyIgnored",
+            SagaEvent::SagaCompleted {} => "SagaCompleted",
+            SagaEvent::SagaCompensated { .. } => "SagaCompensated",
+            SagaEvent::SagaFailed { .. } => "SagaFailed",
+        }
+    }
+
+    fn three_steps() -> Vec<StepDefinition> {
+        vec![step("a", Some("UndoA"), 1), step("b", Some("UndoB"), 1), step("c", None, 1)]
+    }
+
+    #[test]
+    fn happy_path_runs_every_step_in_order_and_merges_outputs() {
+        let mut saga = Saga::start(three_steps());
+        assert_eq!(saga.log.iter().map(kind).collect::<Vec<_>>(), ["SagaStarted", "StepCommandSent"]);
+        assert_eq!(saga.state.steps[0].status, StepStatus::Running);
+        assert_eq!(saga.ok(json!({"reservation": "r1"})), ["StepSucceeded", "StepCommandSent"]);
+        let command = saga.state.command_for(saga.log.last().unwrap()).unwrap();
+        assert_eq!((command.command_type.as_str(), command.attempt), ("Dob", 1));
+        assert_eq!(command.payload, json!({"order": 7, "reservation": "r1"}));
+        assert_eq!(saga.ok(json!({})), ["StepSucceeded", "StepCommandSent"]);
+        assert_eq!(saga.ok(json!({})), ["StepSucceeded", "SagaCompleted"]);
+        assert_eq!(saga.state.status, SagaStatus::Completed);
+        assert!(saga.state.steps.iter().all(|s| s.status == StepStatus::Succeeded));
+        assert_eq!(saga.state.next_wakeup(), None);
+    }
+
+    #[test]
+    fn business_failure_compensates_finished_steps_in_reverse_order() {
+        let steps = vec![step("a", Some("UndoA"), 3), step("b", Some("UndoB"), 3), step("c", Some("UndoC"), 3)];
+        let mut saga = Saga::start(steps);
+        saga.ok(json!({}));
+        saga.ok(json!({}));
+        assert_eq!(saga.fail("declined", false), ["StepFailed", "CompensationStarted", "CompensationSent"]);
+        assert_eq!(saga.state.status, SagaStatus::Compensating);
+        let undo_b = saga.state.command_for(saga.log.last().unwrap()).unwrap();
+        assert_eq!(undo_b.command_type, "UndoB");
+        assert_eq!(undo_b.payload["compensation_reason"], "step 'c' failed: declined");
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "CompensationSent"]);
+        assert_eq!(saga.state.command_for(saga.log.last().unwrap()).unwrap().command_type, "UndoA");
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
+        assert_eq!(saga.state.status, SagaStatus::Compensated);
+        assert_eq!(saga.state.reason.as_deref(), Some("step 'c' failed: declined"));
+        let statuses: Vec<StepStatus> = saga.state.steps.iter().map(|s| s.status).collect();
+        assert_eq!(statuses, [StepStatus::Compensated, StepStatus::Compensated, StepStatus::Failed]);
+    }
+
+    #[test]
+    fn failure_of_the_first_step_compensates_nothing() {
+        let mut saga = Saga::start(three_steps());
+        assert_eq!(saga.fail("short stock", false), ["StepFailed", "CompensationStarted", "SagaCompensated"]);
+        assert_eq!(saga.state.status, SagaStatus::Compensated);
+    }
+
+    #[test]
+    fn retryable_failure_waits_for_the_backoff_then_sends_the_next_attempt() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 2)]);
+        assert_eq!(saga.fail("busy", true), ["StepFailed", "StepRetryScheduled"]);
+        assert_eq!(saga.state.steps[0].status, StepStatus::WaitingToRetry);
+        let at = saga.state.retry.as_ref().unwrap().at;
+        assert_eq!(saga.state.next_wakeup(), Some(at));
+        assert!(at > t0() && at <= secs(1));
+        assert!(saga.state.on_timer(t0()).is_empty(), "backoff not over yet");
+        assert_eq!(saga.timer(1), ["StepCommandSent"]);
+        assert_eq!(saga.state.steps[0].attempts, 2);
+        // Last attempt fails: no more retries, compensation (nothing to undo).
+        assert_eq!(saga.fail("busy", true), ["StepFailed", "CompensationStarted", "SagaCompensated"]);
+    }
+
+    #[test]
+    fn timeout_is_retried_per_policy_then_compensated() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("b", Some("UndoB"), 2)]);
+        saga.ok(json!({}));
+        assert!(saga.state.on_timer(t0()).is_empty(), "deadline not reached");
+        assert_eq!(saga.timer(2), ["StepTimedOut", "StepRetryScheduled"]);
+        assert_eq!(saga.state.steps[1].status, StepStatus::WaitingToRetry);
+        assert_eq!(saga.timer(3), ["StepCommandSent"]);
+        assert_eq!(saga.timer(10), ["StepTimedOut", "CompensationStarted", "CompensationSent"]);
+        assert_eq!(saga.state.reason.as_deref(), Some("step 'b' timed out after 2 attempt(s)"));
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
+    }
+
+    #[test]
+    fn a_compensation_that_keeps_failing_fails_the_saga_for_an_operator() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 2), step("b", Some("UndoB"), 1)]);
+        saga.ok(json!({}));
+        saga.fail("declined", false);
+        assert_eq!(saga.fail("db down", true), ["CompensationFailed", "StepRetryScheduled"]);
+        assert_eq!(saga.state.steps[0].status, StepStatus::CompensationFailed);
+        assert_eq!(saga.timer(5), ["CompensationSent"]);
+        assert_eq!(saga.state.steps[0].compensation_attempts, 2);
+        assert_eq!(saga.fail("db down", false), ["CompensationFailed", "SagaFailed"]);
+        assert_eq!(saga.state.status, SagaStatus::Failed);
+        assert_eq!(saga.state.reason.as_deref(), Some("compensation of step 'a' failed after 2 attempt(s): db down"));
+        assert!(saga.state.on_timer(secs(100)).is_empty(), "a failed saga does nothing more");
+    }
+
+    #[test]
+    fn a_compensation_that_times_out_counts_as_failed() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("b", Some("UndoB"), 1)]);
+        saga.ok(json!({}));
+        saga.fail("declined", false);
+        assert_eq!(saga.timer(5), ["CompensationFailed", "SagaFailed"]);
+    }
+
+    #[test]
+    fn failure_after_the_pivot_is_not_compensated() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("pivot", None, 1), step("c", Some("UndoC"), 1)]);
+        saga.ok(json!({}));
+        saga.ok(json!({}));
+        assert_eq!(saga.fail("boom", false), ["StepFailed", "SagaFailed"]);
+        assert!(saga.state.reason.as_deref().unwrap().contains("after the pivot step 'pivot'"));
+    }
+
+    #[test]
+    fn late_and_stray_replies_are_recorded_and_ignored() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 2)]);
+        let first = saga.pending_id();
+        saga.timer(2);
+        saga.timer(3);
+        let late = ReplyOutcome { reply_id: "late".into(), in_reply_to: first, result: Ok(json!({})) };
+        let events = saga.state.on_reply(&late, secs(3));
+        assert_eq!(events.iter().map(kind).collect::<Vec<_>>(), ["ReplyIgnored"]);
+        saga.record(events);
+        assert_eq!(saga.state.steps[0].attempts, 2, "still waiting for attempt 2");
+        saga.ok(json!({}));
+        let after = ReplyOutcome { reply_id: "x".into(), in_reply_to: "y".into(), result: Ok(json!({})) };
+        let events = saga.state.on_reply(&after, secs(4));
+        assert!(matches!(&events[..], [SagaEvent::ReplyIgnored { reason, .. }] if reason == "saga already finished"));
+    }
+
+    #[test]
+    fn folding_the_recorded_stream_rebuilds_the_same_state() {
+        let mut saga = Saga::start(three_steps());
+        saga.ok(json!({"x": 1}));
+        saga.fail("nope", false);
+        let mut rebuilt = SagaState::default();
+        for event in &saga.log {
+            let json = serde_json::to_value(event).unwrap();
+            rebuilt.apply(&serde_json::from_value(json).unwrap());
+        }
+        assert_eq!(rebuilt, saga.state);
+    }
+}
