@@ -3,10 +3,19 @@
 
 pub mod aggregate;
 pub mod codec;
+pub mod consumer_loop;
+pub mod coordinator;
 pub mod definition;
+pub mod definition_registry;
+pub mod envelope;
 pub mod error;
+pub mod participant;
+pub mod relay;
 pub mod repository;
 pub mod saga;
+pub mod timeouts;
+pub mod topics;
+pub mod transport;
 
 pub use aggregate::Aggregate;
 pub use error::{Error, Result};

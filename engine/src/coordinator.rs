@@ -1,0 +1,277 @@
+//! The saga coordinator: starts sagas, applies replies and due timers to them, and
+//! records each decision (events, commands to send, next timer, the processed reply)
+//! in one event-store transaction.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use event_store::{Commit, Error as StoreError, EventStore, EventStoreExt, ExpectedVersion, StreamAppend, TimerChange};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::codec::{decode, encode};
+use crate::consumer_loop::MessageHandler;
+use crate::definition::SagaDefinition;
+use crate::definition_registry::DefinitionRegistry;
+use crate::envelope::{dead_letter, Envelope, MessageKind, Outcome, HEADER_MESSAGE_ID};
+use crate::error::{Error, Result};
+use crate::saga::{self, Failure, ReplyOutcome, SagaEvent, SagaState};
+use crate::topics::Topics;
+use crate::transport::Delivery;
+
+/// The name under which the coordinator records processed replies.
+pub const CONSUMER_NAME: &str = "coordinator";
+const STREAM_PREFIX: &str = "saga-";
+const MAX_CONFLICT_RETRIES: u32 = 10;
+
+/// The stream of saga `id`.
+pub fn saga_stream(id: Uuid) -> String {
+    format!("{STREAM_PREFIX}{id}")
+}
+
+/// A saga as folded from its stream.
+#[derive(Debug, Clone)]
+pub struct SagaView {
+    pub state: SagaState,
+    /// The stream version the state was folded to.
+    pub version: u64,
+}
+
+/// What became of a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyHandled {
+    Applied,
+    Duplicate,
+    DeadLettered(String),
+}
+
+/// Drives sagas.
+pub struct Coordinator {
+    store: Arc<dyn EventStore>,
+    registry: Arc<DefinitionRegistry>,
+    topics: Topics,
+}
+
+impl Coordinator {
+    /// A coordinator over `store`.
+    pub fn new(store: Arc<dyn EventStore>, registry: Arc<DefinitionRegistry>, topics: Topics) -> Self {
+        Self { store, registry, topics }
+    }
+
+    /// The definitions it starts sagas from.
+    pub fn registry(&self) -> &Arc<DefinitionRegistry> {
+        &self.registry
+    }
+
+    /// The topics it uses.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Starts a saga of a registered definition (latest version unless given).
+    pub async fn start(&self, name: &str, version: Option<u32>, input: Value, saga_id: Option<Uuid>) -> Result<Uuid> {
+        let definition = self.registry.get(name, version).await?;
+        self.start_with(&definition, input, saga_id.unwrap_or_else(Uuid::now_v7), Commit::default()).await
+    }
+
+    /// Starts a saga, adding `extra` (say, a read-model append) to the same transaction.
+    /// Fails with `WrongExpectedVersion` when a saga with this id already exists.
+    pub async fn start_with(&self, definition: &SagaDefinition, input: Value, saga_id: Uuid, extra: Commit) -> Result<Uuid> {
+        let events = saga::start(saga_id, definition.clone(), input, Utc::now());
+        let commit = self.decision_commit(saga_id, &SagaState::default(), 0, &events, None, extra)?;
+        self.store.commit(commit).await?;
+        tracing::info!(saga_id = %saga_id, definition = %definition.name, version = definition.version, "saga started");
+        Ok(saga_id)
+    }
+
+    /// The saga's current state, or `None` when there is no such saga.
+    pub async fn load(&self, saga_id: Uuid) -> Result<Option<SagaView>> {
+        self.load_until(saga_id, None).await
+    }
+
+    /// The saga's state as of stream version `until` (all of it when `None`).
+    pub async fn load_until(&self, saga_id: Uuid, until: Option<u64>) -> Result<Option<SagaView>> {
+        let events = self.store.read_stream_to_end(&saga_stream(saga_id), 1).await?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let mut view = SagaView { state: SagaState::default(), version: 0 };
+        for event in events.iter().take_while(|e| until.is_none_or(|u| e.version <= u)) {
+            view.state.apply(&decode::<SagaEvent>(event)?);
+            view.version = event.version;
+        }
+        Ok(Some(view))
+    }
+
+    /// Lists saga ids in id order (time order, for ids the engine made), after `after`.
+    pub async fn list(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<Uuid>> {
+        let after = after.map(saga_stream);
+        let streams = self.store.list_streams(STREAM_PREFIX, after.as_deref(), limit).await?;
+        Ok(streams.iter().filter_map(|s| Uuid::parse_str(&s[STREAM_PREFIX.len()..]).ok()).collect())
+    }
+
+    /// Applies a reply consumed from the replies topic.
+    pub async fn handle_reply(&self, delivery: &Delivery) -> Result<ReplyHandled> {
+        let envelope = match Envelope::parse(&delivery.payload) {
+            Ok(e) if e.kind == MessageKind::Reply => e,
+            Ok(_) => return self.dead_letter(delivery, "expected a reply, got a command").await,
+            Err(reason) => return self.dead_letter(delivery, &reason).await,
+        };
+        let result = match &envelope.outcome {
+            Some(Outcome::Success) => Ok(envelope.payload.clone()),
+            Some(Outcome::Failure { reason, retryable }) => Err(Failure { reason: reason.clone(), retryable: *retryable }),
+            None => return self.dead_letter(delivery, "a reply needs an outcome").await,
+        };
+        let reply = ReplyOutcome {
+            reply_id: envelope.message_id.clone(),
+            in_reply_to: envelope.in_reply_to.clone().unwrap_or_default(),
+            result,
+        };
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Some(view) = self.load(envelope.saga_id).await? else {
+                return self.dead_letter(delivery, &format!("no saga with id {}", envelope.saga_id)).await;
+            };
+            let events = view.state.on_reply(&reply, Utc::now());
+            let commit = self.decision_commit(
+                envelope.saga_id,
+                &view.state,
+                view.version,
+                &events,
+                Some(&envelope.message_id),
+                Commit::default(),
+            )?;
+            match self.store.commit(commit).await {
+                Ok(_) => {
+                    log_decision(envelope.saga_id, &events);
+                    return Ok(ReplyHandled::Applied);
+                }
+                Err(StoreError::AlreadyProcessed { .. }) => return Ok(ReplyHandled::Duplicate),
+                Err(StoreError::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contention { stream: saga_stream(envelope.saga_id), attempts: MAX_CONFLICT_RETRIES })
+    }
+
+    /// Handles a due timer of saga `key`: a timed-out attempt or a retry whose backoff passed.
+    pub async fn fire_timer(&self, key: &str, now: DateTime<Utc>) -> Result<()> {
+        let Ok(saga_id) = Uuid::parse_str(key) else {
+            return self.set_timer(key, None).await;
+        };
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Some(view) = self.load(saga_id).await? else { return self.set_timer(key, None).await };
+            let events = view.state.on_timer(now);
+            if events.is_empty() {
+                // The timer is stale (the saga moved on): align it with the saga.
+                return self.set_timer(key, view.state.next_wakeup()).await;
+            }
+            let commit = self.decision_commit(saga_id, &view.state, view.version, &events, None, Commit::default())?;
+            match self.store.commit(commit).await {
+                Ok(_) => {
+                    log_decision(saga_id, &events);
+                    return Ok(());
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contention { stream: saga_stream(saga_id), attempts: MAX_CONFLICT_RETRIES })
+    }
+
+    async fn set_timer(&self, key: &str, at: Option<DateTime<Utc>>) -> Result<()> {
+        let change = match at {
+            Some(due_at) => TimerChange::Set { key: key.to_owned(), due_at },
+            None => TimerChange::Cancel { key: key.to_owned() },
+        };
+        self.store.commit(Commit::default().with_timer(change)).await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<ReplyHandled> {
+        tracing::warn!(position = %delivery.position(), message_id = ?delivery.headers.get(HEADER_MESSAGE_ID), %reason, "dead-lettering reply");
+        let message = dead_letter(
+            &self.topics.dead_letter(),
+            delivery.key.as_deref(),
+            &delivery.payload,
+            &delivery.headers,
+            &delivery.position(),
+            reason,
+        );
+        self.store.commit(Commit::default().with_message(message)).await?;
+        Ok(ReplyHandled::DeadLettered(reason.to_owned()))
+    }
+
+    /// One decision as one transaction: the saga's new events, the commands they send,
+    /// the saga's next timer, and the reply that caused it.
+    fn decision_commit(
+        &self,
+        saga_id: Uuid,
+        state: &SagaState,
+        version: u64,
+        events: &[SagaEvent],
+        reply_id: Option<&str>,
+        mut commit: Commit,
+    ) -> Result<Commit> {
+        let mut working = state.clone();
+        let mut stored = Vec::with_capacity(events.len());
+        let metadata = json!({ "correlation_id": saga_id, "causation_id": reply_id });
+        for event in events {
+            working.apply(event);
+            if let Some(command) = working.command_for(event) {
+                let envelope = Envelope {
+                    message_id: command.message_id,
+                    saga_id,
+                    kind: MessageKind::Command,
+                    step: command.step.name.clone(),
+                    message_type: command.command_type,
+                    attempt: command.attempt,
+                    in_reply_to: None,
+                    reply_to: Some(self.topics.replies()),
+                    payload: command.payload,
+                    outcome: None,
+                    sent_at: Utc::now(),
+                };
+                commit.outbox.push(envelope.to_message(&self.topics.commands(&command.step.participant), None));
+            }
+            stored.push(encode(event)?.with_metadata(metadata.clone()));
+        }
+        if !stored.is_empty() {
+            commit.appends.push(StreamAppend {
+                stream_id: saga_stream(saga_id),
+                expected: ExpectedVersion::from_current(Some(version)),
+                events: stored,
+            });
+        }
+        commit.timers.push(match working.next_wakeup() {
+            Some(due_at) => TimerChange::Set { key: saga_id.to_string(), due_at },
+            None => TimerChange::Cancel { key: saga_id.to_string() },
+        });
+        if let Some(reply_id) = reply_id {
+            commit = commit.processing(CONSUMER_NAME, reply_id);
+        }
+        Ok(commit)
+    }
+}
+
+fn log_decision(saga_id: Uuid, events: &[SagaEvent]) {
+    for event in events {
+        match event {
+            SagaEvent::SagaCompleted {} => tracing::info!(%saga_id, "saga completed"),
+            SagaEvent::SagaCompensated { reason } => tracing::info!(%saga_id, %reason, "saga compensated"),
+            SagaEvent::SagaFailed { reason } => tracing::error!(%saga_id, %reason, "saga failed; needs an operator"),
+            SagaEvent::StepTimedOut { step, attempt, .. } => tracing::warn!(%saga_id, %step, attempt, "step timed out"),
+            _ => tracing::debug!(%saga_id, ?event, "saga event"),
+        }
+    }
+}
+
+/// Feeds the replies topic to the coordinator.
+pub struct ReplyHandler(pub Arc<Coordinator>);
+
+#[async_trait]
+impl MessageHandler for ReplyHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<()> {
+        self.0.handle_reply(delivery).await.map(|_| ())
+    }
+}

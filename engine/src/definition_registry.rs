@@ -1,0 +1,176 @@
+//! Saga definitions stored as events: one stream per name, one event per version.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use event_store::{Error as StoreError, EventStore, EventStoreExt, ExpectedVersion};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::definition::SagaDefinition;
+use crate::error::{Error, Result};
+
+const STREAM_PREFIX: &str = "definition-";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+enum DefinitionEvent {
+    DefinitionRegistered { definition: SagaDefinition },
+}
+
+/// Registers and looks up saga definitions. Versions never change once written, so
+/// lookups of a known `(name, version)` are served from memory.
+pub struct DefinitionRegistry {
+    store: Arc<dyn EventStore>,
+    cache: RwLock<HashMap<(String, u32), Arc<SagaDefinition>>>,
+}
+
+fn stream_of(name: &str) -> String {
+    format!("{STREAM_PREFIX}{name}")
+}
+
+impl DefinitionRegistry {
+    /// A registry on `store`.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self { store, cache: RwLock::default() }
+    }
+
+    /// Validates and stores `definition` as the next version of its name.
+    pub async fn register(&self, mut definition: SagaDefinition) -> Result<Arc<SagaDefinition>> {
+        definition.validate()?;
+        let stream = stream_of(&definition.name);
+        for _ in 0..10 {
+            let current = self.store.stream_version(&stream).await?;
+            definition.version = u32::try_from(current.unwrap_or(0) + 1)
+                .map_err(|_| Error::Invalid("too many versions".into()))?;
+            let event = encode(&DefinitionEvent::DefinitionRegistered { definition: definition.clone() })?;
+            match self.store.append(&stream, ExpectedVersion::from_current(current), vec![event]).await {
+                Ok(_) => {
+                    let definition = Arc::new(definition);
+                    self.remember(&definition);
+                    return Ok(definition);
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contention { stream, attempts: 10 })
+    }
+
+    /// Registers `definition` unless its latest version already has the same steps.
+    pub async fn ensure(&self, definition: SagaDefinition) -> Result<Arc<SagaDefinition>> {
+        if let Some(latest) = self.latest(&definition.name).await? {
+            if latest.steps == definition.steps {
+                return Ok(latest);
+            }
+        }
+        self.register(definition).await
+    }
+
+    fn remember(&self, definition: &Arc<SagaDefinition>) {
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((definition.name.clone(), definition.version), Arc::clone(definition));
+    }
+
+    /// A given version of a definition.
+    pub async fn version(&self, name: &str, version: u32) -> Result<Option<Arc<SagaDefinition>>> {
+        let key = (name.to_owned(), version);
+        if let Some(d) = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
+            return Ok(Some(Arc::clone(d)));
+        }
+        let stream = stream_of(name);
+        let events = self.store.read_stream(&stream, u64::from(version.max(1)), 1).await?;
+        let Some(event) = events.first().filter(|e| e.version == u64::from(version)) else { return Ok(None) };
+        let DefinitionEvent::DefinitionRegistered { definition } = decode(event)?;
+        let definition = Arc::new(definition);
+        self.remember(&definition);
+        Ok(Some(definition))
+    }
+
+    /// The latest version of a definition.
+    pub async fn latest(&self, name: &str) -> Result<Option<Arc<SagaDefinition>>> {
+        match self.store.stream_version(&stream_of(name)).await? {
+            Some(v) => self.version(name, u32::try_from(v).unwrap_or(u32::MAX)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A definition by name and optional version (latest when `None`), or `NotFound`.
+    pub async fn get(&self, name: &str, version: Option<u32>) -> Result<Arc<SagaDefinition>> {
+        let found = match version {
+            Some(v) => self.version(name, v).await?,
+            None => self.latest(name).await?,
+        };
+        found.ok_or_else(|| Error::NotFound {
+            what: "saga definition",
+            id: version.map_or_else(|| name.to_owned(), |v| format!("{name} v{v}")),
+        })
+    }
+
+    /// The latest version of every definition, by name.
+    pub async fn list(&self) -> Result<Vec<Arc<SagaDefinition>>> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list_streams(STREAM_PREFIX, after.as_deref(), 200).await?;
+            for stream in &page {
+                if let Some(d) = self.latest(&stream[STREAM_PREFIX.len()..]).await? {
+                    out.push(d);
+                }
+            }
+            if page.len() < 200 {
+                return Ok(out);
+            }
+            after = page.last().cloned();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{RetryPolicy, StepDefinition};
+    use event_store::memory::MemoryEventStore;
+
+    fn def(command: &str) -> SagaDefinition {
+        SagaDefinition {
+            name: "demo".into(),
+            version: 0,
+            steps: vec![StepDefinition {
+                name: "one".into(),
+                participant: "p".into(),
+                command: command.into(),
+                compensation: None,
+                timeout_ms: 100,
+                retry: RetryPolicy::default(),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn registering_again_makes_the_next_version_and_old_versions_stay() {
+        let registry = DefinitionRegistry::new(Arc::new(MemoryEventStore::new()));
+        assert_eq!(registry.register(def("A")).await.unwrap().version, 1);
+        assert_eq!(registry.register(def("B")).await.unwrap().version, 2);
+        assert_eq!(registry.get("demo", None).await.unwrap().steps[0].command, "B");
+        assert_eq!(registry.get("demo", Some(1)).await.unwrap().steps[0].command, "A");
+        assert!(matches!(registry.get("demo", Some(3)).await, Err(Error::NotFound { .. })));
+        assert_eq!(registry.list().await.unwrap().len(), 1);
+        // A fresh registry (no cache) reads the same from the store.
+        let fresh = DefinitionRegistry::new(Arc::clone(&registry.store));
+        assert_eq!(fresh.get("demo", Some(1)).await.unwrap().steps[0].command, "A");
+        assert_eq!(fresh.ensure(def("B")).await.unwrap().version, 2, "unchanged: no new version");
+    }
+
+    #[tokio::test]
+    async fn invalid_definitions_are_not_stored() {
+        let registry = DefinitionRegistry::new(Arc::new(MemoryEventStore::new()));
+        let mut bad = def("");
+        bad.steps[0].timeout_ms = 0;
+        let Err(Error::InvalidDefinition(problems)) = registry.register(bad).await else { panic!() };
+        assert_eq!(problems.len(), 2);
+        assert!(registry.latest("demo").await.unwrap().is_none());
+    }
+}

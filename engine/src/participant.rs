@@ -1,0 +1,136 @@
+//! Running a participant: consume its command topic, decide each command's effect, and
+//! commit effect, reply and processed-message record in one transaction, so that a
+//! command delivered twice is applied once and always answered.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use event_store::{Commit, Error as StoreError, EventStore, StreamAppend};
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::consumer_loop::MessageHandler;
+use crate::envelope::{child_traceparent, dead_letter, Envelope, MessageKind, Outcome, HEADER_TRACEPARENT};
+use crate::error::{Error, Result};
+use crate::saga::Failure;
+use crate::topics::Topics;
+use crate::transport::Delivery;
+
+/// The effect of one command: what to append, and what to answer.
+#[derive(Debug, Clone)]
+pub struct Effect {
+    pub appends: Vec<StreamAppend>,
+    pub result: Result<Value, Failure>,
+}
+
+impl Effect {
+    /// Success with `output`, after appending `appends`.
+    pub fn success(appends: Vec<StreamAppend>, output: Value) -> Self {
+        Self { appends, result: Ok(output) }
+    }
+
+    /// A business refusal: nothing appended, not worth retrying.
+    pub fn refused(reason: impl Into<String>) -> Self {
+        Self { appends: Vec::new(), result: Err(Failure { reason: reason.into(), retryable: false }) }
+    }
+}
+
+/// A participant's domain logic. `decide` reads current state and is called again when
+/// the appends it returned conflict with a concurrent writer.
+#[async_trait]
+pub trait CommandHandler: Send + Sync + 'static {
+    async fn decide(&self, command: &Envelope) -> Result<Effect>;
+}
+
+/// What became of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandHandled {
+    Applied,
+    Duplicate,
+    DeadLettered(String),
+}
+
+/// Hosts one participant.
+pub struct ParticipantRuntime {
+    name: String,
+    store: Arc<dyn EventStore>,
+    topics: Topics,
+    handler: Arc<dyn CommandHandler>,
+}
+
+impl ParticipantRuntime {
+    /// Hosts `handler` as participant `name`.
+    pub fn new(name: impl Into<String>, store: Arc<dyn EventStore>, topics: Topics, handler: Arc<dyn CommandHandler>) -> Self {
+        Self { name: name.into(), store, topics, handler }
+    }
+
+    /// The participant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The consumer name its processed messages are recorded under.
+    pub fn consumer_name(&self) -> String {
+        format!("participant:{}", self.name)
+    }
+
+    /// Handles one delivered command.
+    pub async fn handle_command(&self, delivery: &Delivery) -> Result<CommandHandled> {
+        let command = match Envelope::parse(&delivery.payload) {
+            Ok(e) if e.kind == MessageKind::Command => e,
+            Ok(_) => return self.dead_letter(delivery, "expected a command, got a reply").await,
+            Err(reason) => return self.dead_letter(delivery, &reason).await,
+        };
+        let span = tracing::info_span!("command", saga_id = %command.saga_id, participant = %self.name, step = %command.step);
+        self.apply(delivery, &command).instrument(span).await
+    }
+
+    async fn apply(&self, delivery: &Delivery, command: &Envelope) -> Result<CommandHandled> {
+        for _ in 0..10 {
+            let effect = match self.handler.decide(command).await {
+                Ok(effect) => effect,
+                Err(Error::Rejected(reason) | Error::Invalid(reason)) => Effect::refused(reason),
+                Err(Error::Decode { stream, source, .. }) => Effect::refused(format!("cannot read {stream}: {source}")),
+                Err(other) => return Err(other),
+            };
+            let (outcome, output) = match effect.result {
+                Ok(output) => (Outcome::Success, output),
+                Err(Failure { reason, retryable }) => (Outcome::Failure { reason, retryable }, Value::Null),
+            };
+            let reply = command.reply(outcome, output);
+            let topic = command.reply_to.clone().unwrap_or_else(|| self.topics.replies());
+            let trace = child_traceparent(delivery.headers.get(HEADER_TRACEPARENT).map(String::as_str), command.saga_id);
+            let commit = Commit { appends: effect.appends, ..Commit::default() }
+                .with_message(reply.to_message(&topic, Some(&trace)))
+                .processing(self.consumer_name(), command.message_id.clone());
+            match self.store.commit(commit).await {
+                Ok(_) => return Ok(CommandHandled::Applied),
+                Err(StoreError::AlreadyProcessed { .. }) => return Ok(CommandHandled::Duplicate),
+                Err(StoreError::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contention { stream: format!("participant {}", self.name), attempts: 10 })
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<CommandHandled> {
+        tracing::warn!(participant = %self.name, position = %delivery.position(), %reason, "dead-lettering command");
+        let message = dead_letter(
+            &self.topics.dead_letter(),
+            delivery.key.as_deref(),
+            &delivery.payload,
+            &delivery.headers,
+            &delivery.position(),
+            reason,
+        );
+        self.store.commit(Commit::default().with_message(message)).await?;
+        Ok(CommandHandled::DeadLettered(reason.to_owned()))
+    }
+}
+
+#[async_trait]
+impl MessageHandler for ParticipantRuntime {
+    async fn handle(&self, delivery: &Delivery) -> Result<()> {
+        self.handle_command(delivery).await.map(|_| ())
+    }
+}

@@ -1,0 +1,230 @@
+//! Kafka transport (rdkafka): an idempotent producer (acks=all) and consumer groups that
+//! commit offsets only when told to.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use event_store::OutgoingMessage;
+use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Consumer, Delivery, Transport};
+use crate::error::{Error, Result};
+
+/// How to reach and use the Kafka cluster.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    /// Partitions of the topics Sagaflow creates.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Consumer group session timeout; short values detect dead members quickly.
+    pub session_timeout_ms: u32,
+    /// How long a consumer may sit without partitions before it is reported as stuck.
+    pub assignment_warning_after: Duration,
+}
+
+impl KafkaConfig {
+    /// Defaults for `bootstrap_servers`: 6 partitions, replication 1, 10 s sessions.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            partitions: 6,
+            replication_factor: 1,
+            session_timeout_ms: 10_000,
+            assignment_warning_after: Duration::from_secs(20),
+        }
+    }
+}
+
+fn kafka_err(context: &str, err: &KafkaError) -> Error {
+    Error::Transport(format!("{context}: {err}"))
+}
+
+/// Kafka transport.
+pub struct KafkaTransport {
+    config: KafkaConfig,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    known_topics: Mutex<HashSet<String>>,
+}
+
+impl KafkaTransport {
+    /// Creates the producer and admin client (connections are made lazily).
+    pub fn new(config: KafkaConfig) -> Result<Self> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(|e| kafka_err("creating producer", &e))?;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .create()
+            .map_err(|e| kafka_err("creating admin client", &e))?;
+        Ok(Self { config, producer, admin, known_topics: Mutex::default() })
+    }
+
+    fn unknown_topics(&self, messages: &[OutgoingMessage]) -> Vec<String> {
+        let known = self.known_topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut missing: Vec<String> =
+            messages.iter().map(|m| m.topic.clone()).filter(|t| !known.contains(t)).collect();
+        missing.sort();
+        missing.dedup();
+        missing
+    }
+}
+
+#[async_trait]
+impl Transport for KafkaTransport {
+    async fn ensure_topics(&self, topics: &[String]) -> Result<()> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let new_topics: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(15))));
+        let results = self.admin.create_topics(&new_topics, &options).await.map_err(|e| kafka_err("creating topics", &e))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(Error::Transport(format!("creating topic {topic}: {code}"))),
+            }
+        }
+        self.known_topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(topics.iter().cloned());
+        Ok(())
+    }
+
+    async fn publish(&self, messages: &[OutgoingMessage]) -> Result<()> {
+        // The broker may not create topics on demand: make sure they exist first.
+        let missing = self.unknown_topics(messages);
+        self.ensure_topics(&missing).await?;
+        let sends = messages.iter().map(|m| {
+            let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
+            for (key, value) in &m.headers {
+                headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+            }
+            let record = FutureRecord::to(&m.topic).key(&m.key).payload(&m.payload).headers(headers);
+            self.producer.send(record, Timeout::After(Duration::from_secs(30)))
+        });
+        for result in join_all(sends).await {
+            if let Err((err, _)) = result {
+                return Err(kafka_err("publishing", &err));
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {
+        self.ensure_topics(topics).await?;
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.config.bootstrap_servers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", self.config.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", (self.config.session_timeout_ms / 4).max(500).to_string())
+            .create()
+            .map_err(|e| kafka_err("creating consumer", &e))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(|e| kafka_err("subscribing", &e))?;
+        tracing::info!(%group, ?topics, "kafka consumer subscribed");
+        Ok(Box::new(KafkaConsumer {
+            consumer,
+            group: group.to_owned(),
+            since: Instant::now(),
+            warn_after: self.config.assignment_warning_after,
+            warned: false,
+        }))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(3)).map(|_| ()))
+            .await
+            .map_err(|e| Error::Transport(format!("metadata task: {e}")))?
+            .map_err(|e| kafka_err("fetching metadata", &e))
+    }
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+}
+
+struct KafkaConsumer {
+    consumer: StreamConsumer,
+    group: String,
+    since: Instant,
+    warn_after: Duration,
+    warned: bool,
+}
+
+impl KafkaConsumer {
+    /// A member that never gets partitions would sit silently forever (a known broker-side
+    /// rebalance hang): say so loudly instead.
+    fn check_assignment(&mut self) {
+        if self.warned || self.since.elapsed() < self.warn_after {
+            return;
+        }
+        let assigned = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        if assigned == 0 {
+            tracing::error!(
+                group = %self.group,
+                waited_s = self.since.elapsed().as_secs(),
+                "consumer has no partitions assigned; the group's rebalance looks stuck (restarting the broker or using a new group id clears it)"
+            );
+        }
+        self.warned = true;
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn recv(&mut self) -> Result<Delivery> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.consumer.recv()).await {
+                Err(_) => self.check_assignment(),
+                Ok(Err(err)) => return Err(kafka_err("consuming", &err)),
+                Ok(Ok(message)) => {
+                    let mut headers = BTreeMap::new();
+                    if let Some(hs) = message.headers() {
+                        for h in hs.iter() {
+                            let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+                            headers.insert(h.key.to_owned(), value);
+                        }
+                    }
+                    return Ok(Delivery {
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        headers,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn commit(&mut self, delivery: &Delivery) -> Result<()> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&delivery.topic, delivery.partition, Offset::Offset(delivery.offset + 1))
+            .map_err(|e| kafka_err("building commit", &e))?;
+        self.consumer.commit(&list, CommitMode::Async).map_err(|e| kafka_err("committing offset", &e))
+    }
+}
