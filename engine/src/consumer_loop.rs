@@ -19,7 +19,12 @@ pub trait MessageHandler: Send + Sync + 'static {
 
 /// Consumes until cancelled. Stops between messages, or abandons one whose effect is not
 /// yet durable (it will be delivered again and deduplicated).
-pub async fn run_consumer(name: String, mut consumer: Box<dyn Consumer>, handler: Arc<dyn MessageHandler>, cancel: CancellationToken) {
+pub async fn run_consumer(
+    name: String,
+    mut consumer: Box<dyn Consumer>,
+    handler: Arc<dyn MessageHandler>,
+    cancel: CancellationToken,
+) {
     tracing::info!(consumer = %name, "consumer started");
     loop {
         let delivery = tokio::select! {

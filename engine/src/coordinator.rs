@@ -77,7 +77,13 @@ impl Coordinator {
 
     /// Starts a saga, adding `extra` (say, a read-model append) to the same transaction.
     /// Fails with `WrongExpectedVersion` when a saga with this id already exists.
-    pub async fn start_with(&self, definition: &SagaDefinition, input: Value, saga_id: Uuid, extra: Commit) -> Result<Uuid> {
+    pub async fn start_with(
+        &self,
+        definition: &SagaDefinition,
+        input: Value,
+        saga_id: Uuid,
+        extra: Commit,
+    ) -> Result<Uuid> {
         let events = saga::start(saga_id, definition.clone(), input, Utc::now());
         let commit = self.decision_commit(saga_id, &SagaState::default(), 0, &events, None, extra)?;
         self.store.commit(commit).await?;
@@ -120,7 +126,9 @@ impl Coordinator {
         };
         let result = match &envelope.outcome {
             Some(Outcome::Success) => Ok(envelope.payload.clone()),
-            Some(Outcome::Failure { reason, retryable }) => Err(Failure { reason: reason.clone(), retryable: *retryable }),
+            Some(Outcome::Failure { reason, retryable }) => {
+                Err(Failure { reason: reason.clone(), retryable: *retryable })
+            }
             None => return self.dead_letter(delivery, "a reply needs an outcome").await,
         };
         let reply = ReplyOutcome {

@@ -112,7 +112,8 @@ impl SagaDefinition {
                 problems.push(format!("{at}: duplicate step name '{}'", step.name));
             }
             if !valid_name(&step.participant) {
-                problems.push(format!("{at}: participant must be 1-100 characters of letters, digits, '-', '_' or '.'"));
+                problems
+                    .push(format!("{at}: participant must be 1-100 characters of letters, digits, '-', '_' or '.'"));
             }
             if step.command.trim().is_empty() {
                 problems.push(format!("{at}: command must not be empty"));
@@ -140,10 +141,8 @@ impl SagaDefinition {
         let pivots: Vec<&str> =
             self.steps.iter().filter(|s| s.compensation.is_none()).map(|s| s.name.as_str()).collect();
         if pivots.len() > 1 {
-            problems.push(format!(
-                "at most one step may lack a compensation (the pivot); these do: {}",
-                pivots.join(", ")
-            ));
+            problems
+                .push(format!("at most one step may lack a compensation (the pivot); these do: {}", pivots.join(", ")));
         }
         if problems.is_empty() {
             Ok(())
@@ -183,7 +182,8 @@ mod tests {
 
     #[test]
     fn valid_definition_with_one_pivot_passes() {
-        let def = SagaDefinition { name: "s".into(), version: 0, steps: vec![step("a", Some("Undo")), step("b", None)] };
+        let def =
+            SagaDefinition { name: "s".into(), version: 0, steps: vec![step("a", Some("Undo")), step("b", None)] };
         def.validate().unwrap();
     }
 
@@ -195,7 +195,9 @@ mod tests {
         let def = SagaDefinition { name: "bad name!".into(), version: 0, steps: vec![bad, step("a", None)] };
         let Err(Error::InvalidDefinition(problems)) = def.validate() else { panic!("must be invalid") };
         let text = problems.join("\n");
-        for expected in ["name 'bad name!'", "duplicate step name 'a'", "timeout_ms", "max_attempts", "at most one step"] {
+        for expected in
+            ["name 'bad name!'", "duplicate step name 'a'", "timeout_ms", "max_attempts", "at most one step"]
+        {
             assert!(text.contains(expected), "missing '{expected}' in:\n{text}");
         }
         assert_eq!(problems.len(), 5);

@@ -41,8 +41,8 @@ impl DefinitionRegistry {
         let stream = stream_of(&definition.name);
         for _ in 0..10 {
             let current = self.store.stream_version(&stream).await?;
-            definition.version = u32::try_from(current.unwrap_or(0) + 1)
-                .map_err(|_| Error::Invalid("too many versions".into()))?;
+            definition.version =
+                u32::try_from(current.unwrap_or(0) + 1).map_err(|_| Error::Invalid("too many versions".into()))?;
             let event = encode(&DefinitionEvent::DefinitionRegistered { definition: definition.clone() })?;
             match self.store.append(&stream, ExpectedVersion::from_current(current), vec![event]).await {
                 Ok(_) => {

@@ -146,7 +146,12 @@ pub fn dead_letter(
     let mut headers = headers.clone();
     headers.insert(HEADER_DLQ_REASON.to_owned(), reason.to_owned());
     headers.insert(HEADER_DLQ_SOURCE.to_owned(), source.to_owned());
-    OutgoingMessage { topic: topic.to_owned(), key: key.unwrap_or_default().to_owned(), payload: payload.to_vec(), headers }
+    OutgoingMessage {
+        topic: topic.to_owned(),
+        key: key.unwrap_or_default().to_owned(),
+        payload: payload.to_vec(),
+        headers,
+    }
 }
 
 #[cfg(test)]
@@ -187,7 +192,8 @@ mod tests {
         let parsed = Envelope::parse(body.to_string().as_bytes()).unwrap();
         assert_eq!((parsed.attempt, parsed.payload.clone()), (1, Value::Null));
         assert!(Envelope::parse(b"not json").is_err());
-        let no_outcome = json!({"message_id": "r", "saga_id": saga, "kind": "reply", "step": "s", "type": "Do", "in_reply_to": "m"});
+        let no_outcome =
+            json!({"message_id": "r", "saga_id": saga, "kind": "reply", "step": "s", "type": "Do", "in_reply_to": "m"});
         assert!(Envelope::parse(no_outcome.to_string().as_bytes()).unwrap_err().contains("outcome"));
     }
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod participant;
 pub mod relay;
 pub mod repository;
+pub mod runtime;
 pub mod saga;
 pub mod timeouts;
 pub mod topics;

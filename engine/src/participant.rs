@@ -60,7 +60,12 @@ pub struct ParticipantRuntime {
 
 impl ParticipantRuntime {
     /// Hosts `handler` as participant `name`.
-    pub fn new(name: impl Into<String>, store: Arc<dyn EventStore>, topics: Topics, handler: Arc<dyn CommandHandler>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        store: Arc<dyn EventStore>,
+        topics: Topics,
+        handler: Arc<dyn CommandHandler>,
+    ) -> Self {
         Self { name: name.into(), store, topics, handler }
     }
 
@@ -81,7 +86,8 @@ impl ParticipantRuntime {
             Ok(_) => return self.dead_letter(delivery, "expected a command, got a reply").await,
             Err(reason) => return self.dead_letter(delivery, &reason).await,
         };
-        let span = tracing::info_span!("command", saga_id = %command.saga_id, participant = %self.name, step = %command.step);
+        let span =
+            tracing::info_span!("command", saga_id = %command.saga_id, participant = %self.name, step = %command.step);
         self.apply(delivery, &command).instrument(span).await
     }
 
@@ -99,7 +105,8 @@ impl ParticipantRuntime {
             };
             let reply = command.reply(outcome, output);
             let topic = command.reply_to.clone().unwrap_or_else(|| self.topics.replies());
-            let trace = child_traceparent(delivery.headers.get(HEADER_TRACEPARENT).map(String::as_str), command.saga_id);
+            let trace =
+                child_traceparent(delivery.headers.get(HEADER_TRACEPARENT).map(String::as_str), command.saga_id);
             let commit = Commit { appends: effect.appends, ..Commit::default() }
                 .with_message(reply.to_message(&topic, Some(&trace)))
                 .processing(self.consumer_name(), command.message_id.clone());

@@ -77,7 +77,8 @@ impl OutboxRelay {
                     tracing::warn!(relay = %self.relay_id, error = %err, failures, "outbox relay could not publish; will retry");
                 }
             }
-            let wait = if failures == 0 { self.idle_poll } else { Duration::from_millis(200 * u64::from(failures.min(25))) };
+            let wait =
+                if failures == 0 { self.idle_poll } else { Duration::from_millis(200 * u64::from(failures.min(25))) };
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = changes.changed(), if failures == 0 => {}
@@ -86,7 +87,9 @@ impl OutboxRelay {
         }
         match tokio::time::timeout(Duration::from_secs(10), self.flush()).await {
             Ok(Ok(n)) => tracing::info!(relay = %self.relay_id, flushed = n, "outbox relay stopped"),
-            Ok(Err(err)) => tracing::warn!(relay = %self.relay_id, error = %err, "outbox relay stopped before the outbox was empty"),
+            Ok(Err(err)) => {
+                tracing::warn!(relay = %self.relay_id, error = %err, "outbox relay stopped before the outbox was empty")
+            }
             Err(_) => tracing::warn!(relay = %self.relay_id, "outbox relay flush timed out"),
         }
     }

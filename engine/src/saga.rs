@@ -29,22 +29,74 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum SagaEvent {
-    SagaStarted { saga_id: Uuid, definition: SagaDefinition, input: Value },
-    StepCommandSent { step: String, attempt: u32, message_id: String, deadline: DateTime<Utc> },
-    StepSucceeded { step: String, attempt: u32, reply_id: String, output: Value },
-    StepFailed { step: String, attempt: u32, reason: String, retryable: bool },
-    StepTimedOut { step: String, attempt: u32, message_id: String },
-    StepRetryScheduled { step: String, phase: Phase, next_attempt: u32, at: DateTime<Utc> },
-    CompensationStarted { failed_step: String, reason: String },
-    CompensationSent { step: String, attempt: u32, message_id: String, deadline: DateTime<Utc> },
-    StepCompensated { step: String, attempt: u32, reply_id: String },
-    CompensationFailed { step: String, attempt: u32, reason: String },
+    SagaStarted {
+        saga_id: Uuid,
+        definition: SagaDefinition,
+        input: Value,
+    },
+    StepCommandSent {
+        step: String,
+        attempt: u32,
+        message_id: String,
+        deadline: DateTime<Utc>,
+    },
+    StepSucceeded {
+        step: String,
+        attempt: u32,
+        reply_id: String,
+        output: Value,
+    },
+    StepFailed {
+        step: String,
+        attempt: u32,
+        reason: String,
+        retryable: bool,
+    },
+    StepTimedOut {
+        step: String,
+        attempt: u32,
+        message_id: String,
+    },
+    StepRetryScheduled {
+        step: String,
+        phase: Phase,
+        next_attempt: u32,
+        at: DateTime<Utc>,
+    },
+    CompensationStarted {
+        failed_step: String,
+        reason: String,
+    },
+    CompensationSent {
+        step: String,
+        attempt: u32,
+        message_id: String,
+        deadline: DateTime<Utc>,
+    },
+    StepCompensated {
+        step: String,
+        attempt: u32,
+        reply_id: String,
+    },
+    CompensationFailed {
+        step: String,
+        attempt: u32,
+        reason: String,
+    },
     /// A reply for an attempt the saga no longer waits for (late after a timeout, or stray).
-    ReplyIgnored { reply_id: String, in_reply_to: String, reason: String },
+    ReplyIgnored {
+        reply_id: String,
+        in_reply_to: String,
+        reason: String,
+    },
     SagaCompleted {},
-    SagaCompensated { reason: String },
+    SagaCompensated {
+        reason: String,
+    },
     /// A compensation kept failing, or a step failed after the pivot: an operator must look.
-    SagaFailed { reason: String },
+    SagaFailed {
+        reason: String,
+    },
 }
 
 /// Where a saga stands.
@@ -398,11 +450,20 @@ impl Decision {
             return;
         }
         self.emit(SagaEvent::CompensationStarted { failed_step: self.name(failed), reason });
-        self.compensate_below(failed);
+        // A step that timed out may still have taken effect: it is compensated too.
+        self.compensate_below(failed + 1);
     }
 
+    /// Sends the compensation of the latest step below `below` that took (or may have
+    /// taken) effect, or ends the saga as compensated.
     fn compensate_below(&mut self, below: usize) {
-        let next = (0..below).rev().find(|i| self.state.steps.get(*i).is_some_and(|s| s.status == StepStatus::Succeeded));
+        let next = (0..below.min(self.state.steps.len())).rev().find(|i| {
+            let compensable = self.state.step_def(*i).is_some_and(|s| s.compensation.is_some());
+            self.state
+                .steps
+                .get(*i)
+                .is_some_and(|s| compensable && matches!(s.status, StepStatus::Succeeded | StepStatus::TimedOut))
+        });
         match next {
             Some(index) => self.send(index, Phase::Compensation, 1),
             None => {
@@ -678,6 +739,11 @@ mod tests {
         assert_eq!(saga.timer(3), ["StepCommandSent"]);
         assert_eq!(saga.timer(10), ["StepTimedOut", "CompensationStarted", "CompensationSent"]);
         assert_eq!(saga.state.reason.as_deref(), Some("step 'b' timed out after 2 attempt(s)"));
+        // The timed-out step may have taken effect late: it is undone first, then 'a'.
+        let undo = saga.state.command_for(saga.log.last().unwrap()).unwrap();
+        assert_eq!(undo.command_type, "UndoB");
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "CompensationSent"]);
+        assert_eq!(saga.state.command_for(saga.log.last().unwrap()).unwrap().command_type, "UndoA");
         assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
     }
 
@@ -706,7 +772,8 @@ mod tests {
 
     #[test]
     fn failure_after_the_pivot_is_not_compensated() {
-        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("pivot", None, 1), step("c", Some("UndoC"), 1)]);
+        let mut saga =
+            Saga::start(vec![step("a", Some("UndoA"), 1), step("pivot", None, 1), step("c", Some("UndoC"), 1)]);
         saga.ok(json!({}));
         saga.ok(json!({}));
         assert_eq!(saga.fail("boom", false), ["StepFailed", "SagaFailed"]);

@@ -12,7 +12,12 @@ use tokio_util::sync::CancellationToken;
 use crate::coordinator::Coordinator;
 
 /// Polls for due timers every `poll` until cancelled.
-pub async fn run_timeouts(coordinator: Arc<Coordinator>, store: Arc<dyn EventStore>, poll: Duration, cancel: CancellationToken) {
+pub async fn run_timeouts(
+    coordinator: Arc<Coordinator>,
+    store: Arc<dyn EventStore>,
+    poll: Duration,
+    cancel: CancellationToken,
+) {
     tracing::info!("timeout scanner started");
     loop {
         tokio::select! {

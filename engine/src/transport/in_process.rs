@@ -121,7 +121,9 @@ impl Consumer for InProcessConsumer {
             {
                 let mut inner = self.transport.lock();
                 for topic in &self.topics {
-                    if let Some(d) = inner.queues.get_mut(&(self.group.clone(), topic.clone())).and_then(VecDeque::pop_front) {
+                    if let Some(d) =
+                        inner.queues.get_mut(&(self.group.clone(), topic.clone())).and_then(VecDeque::pop_front)
+                    {
                         return Ok(d);
                     }
                 }

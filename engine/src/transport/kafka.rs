@@ -98,7 +98,8 @@ impl Transport for KafkaTransport {
             .map(|t| NewTopic::new(t, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor)))
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(15))));
-        let results = self.admin.create_topics(&new_topics, &options).await.map_err(|e| kafka_err("creating topics", &e))?;
+        let results =
+            self.admin.create_topics(&new_topics, &options).await.map_err(|e| kafka_err("creating topics", &e))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -137,6 +138,7 @@ impl Transport for KafkaTransport {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "50")
             .set("session.timeout.ms", self.config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (self.config.session_timeout_ms / 4).max(500).to_string())
             .create()

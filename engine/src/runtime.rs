@@ -1,0 +1,108 @@
+//! Starts and stops the engine's background roles: the coordinator (reply consumer and
+//! timeout scanner), the outbox relay, and hosted participants.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_store::EventStore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer_loop::{run_consumer, MessageHandler};
+use crate::coordinator::{Coordinator, ReplyHandler};
+use crate::error::Result;
+use crate::participant::{CommandHandler, ParticipantRuntime};
+use crate::relay::OutboxRelay;
+use crate::timeouts::run_timeouts;
+use crate::transport::Transport;
+
+/// Which roles to run, and how.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Run the reply consumer and the timeout scanner.
+    pub coordinator: bool,
+    /// Run an outbox relay.
+    pub relay: bool,
+    /// Participants to host, by name.
+    pub participants: Vec<(String, Arc<dyn CommandHandler>)>,
+    /// Consumer group ids are `<group_prefix>coordinator` and `<group_prefix>participant.<name>`.
+    pub group_prefix: String,
+    pub timer_poll: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            coordinator: true,
+            relay: true,
+            participants: Vec::new(),
+            group_prefix: "sagaflow.".to_owned(),
+            timer_poll: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The running roles.
+pub struct Runtime {
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Creates the topics the roles need and starts them.
+    pub async fn start(
+        store: Arc<dyn EventStore>,
+        transport: Arc<dyn Transport>,
+        coordinator: Arc<Coordinator>,
+        config: RuntimeConfig,
+    ) -> Result<Self> {
+        let topics = coordinator.topics().clone();
+        let mut needed = vec![topics.replies(), topics.dead_letter()];
+        needed.extend(config.participants.iter().map(|(name, _)| topics.commands(name)));
+        transport.ensure_topics(&needed).await?;
+
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        if config.coordinator {
+            let group = format!("{}coordinator", config.group_prefix);
+            let consumer = transport.subscribe(&group, &[topics.replies()]).await?;
+            let handler: Arc<dyn MessageHandler> = Arc::new(ReplyHandler(Arc::clone(&coordinator)));
+            tasks.push(tokio::spawn(run_consumer(group, consumer, handler, cancel.clone())));
+            tasks.push(tokio::spawn(run_timeouts(
+                Arc::clone(&coordinator),
+                Arc::clone(&store),
+                config.timer_poll,
+                cancel.clone(),
+            )));
+        }
+        for (name, handler) in config.participants {
+            let group = format!("{}participant.{name}", config.group_prefix);
+            let consumer = transport.subscribe(&group, &[topics.commands(&name)]).await?;
+            let runtime: Arc<dyn MessageHandler> =
+                Arc::new(ParticipantRuntime::new(name, Arc::clone(&store), topics.clone(), handler));
+            tasks.push(tokio::spawn(run_consumer(group, consumer, runtime, cancel.clone())));
+        }
+        if config.relay {
+            let relay = OutboxRelay::new(Arc::clone(&store), Arc::clone(&transport));
+            tasks.push(tokio::spawn(relay.run(cancel.clone())));
+        }
+        Ok(Self { cancel, tasks })
+    }
+
+    /// Graceful stop: consumers stop between messages, the relay flushes the outbox.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            if let Err(err) = task.await {
+                tracing::warn!(error = %err, "background task ended abnormally");
+            }
+        }
+    }
+
+    /// Abrupt stop, as in a crash: tasks are dropped wherever they are.
+    pub fn abort(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

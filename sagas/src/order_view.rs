@@ -1,0 +1,114 @@
+//! The order as a customer sees it, from the moment it is submitted: built from the
+//! saga's stream (the submitted order, and why it failed) and the Order aggregate's
+//! stream (created, approved, cancelled).
+
+use std::sync::Arc;
+
+use engine::coordinator::Coordinator;
+use engine::saga::SagaStatus;
+use engine::{Error, Repository, Result};
+use event_store::{Commit, EventStore};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::definitions::ORDER_FULFILMENT;
+use crate::order::{Order, OrderStatus};
+use crate::order_input::{NewOrder, OrderInput, OrderLine};
+
+/// An order's status as shown to customers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderViewStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl OrderViewStatus {
+    /// Whether the order will not change any more.
+    pub fn is_terminal(self) -> bool {
+        self != Self::Pending
+    }
+}
+
+/// An order as shown to customers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub order_id: String,
+    pub customer_id: String,
+    pub items: Vec<OrderLine>,
+    pub total: Decimal,
+    pub status: OrderViewStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub saga_id: Uuid,
+    /// Grows with every change to the order or its saga.
+    pub version: u64,
+}
+
+/// A submitted order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubmittedOrder {
+    pub order_id: String,
+    pub saga_id: Uuid,
+}
+
+/// Submits and shows orders.
+pub struct OrderService {
+    coordinator: Arc<Coordinator>,
+    orders: Repository<Order>,
+}
+
+impl OrderService {
+    pub fn new(coordinator: Arc<Coordinator>, store: Arc<dyn EventStore>) -> Self {
+        Self { coordinator, orders: Repository::new(store) }
+    }
+
+    /// Starts the order-fulfilment saga for a valid order. The order's id is its saga's id.
+    pub async fn submit(&self, order: NewOrder) -> Result<SubmittedOrder> {
+        let problems = order.problems();
+        if !problems.is_empty() {
+            return Err(Error::Invalid(problems.join("; ")));
+        }
+        let definition = self.coordinator.registry().get(ORDER_FULFILMENT, None).await?;
+        let saga_id = Uuid::now_v7();
+        let input = order.into_input(saga_id.to_string());
+        let input = serde_json::to_value(input).map_err(Error::Encode)?;
+        self.coordinator.start_with(&definition, input, saga_id, Commit::default()).await?;
+        Ok(SubmittedOrder { order_id: saga_id.to_string(), saga_id })
+    }
+
+    /// The order's view, or `None` when no such order was submitted.
+    pub async fn view(&self, order_id: &str) -> Result<Option<OrderView>> {
+        let Ok(saga_id) = Uuid::parse_str(order_id) else { return Ok(None) };
+        let Some(saga) = self.coordinator.load(saga_id).await? else { return Ok(None) };
+        if saga.state.definition.as_ref().is_none_or(|d| d.name != ORDER_FULFILMENT) {
+            return Ok(None);
+        }
+        let input: OrderInput = serde_json::from_value(saga.state.input.clone())
+            .map_err(|e| Error::Invalid(format!("saga {saga_id} input is not an order: {e}")))?;
+        let order = self.orders.load(order_id).await?;
+        // Terminal only once the saga is: a rejected order's stock is released by then.
+        let (status, reason) = match (saga.state.status, order.state.status) {
+            (SagaStatus::Completed, OrderStatus::Approved) => (OrderViewStatus::Approved, None),
+            (SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed, OrderStatus::Cancelled) => {
+                (OrderViewStatus::Rejected, order.state.reason.clone())
+            }
+            (SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed, _) => {
+                (OrderViewStatus::Rejected, saga.state.reason.clone())
+            }
+            _ => (OrderViewStatus::Pending, None),
+        };
+        Ok(Some(OrderView {
+            order_id: input.order_id,
+            customer_id: input.customer_id,
+            items: input.items,
+            total: input.total,
+            status,
+            reason,
+            saga_id,
+            version: saga.version + order.version,
+        }))
+    }
+}

@@ -1,0 +1,164 @@
+//! The built-in participants of the order-fulfilment saga. Each decides against the
+//! current state of its aggregates and is idempotent per order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use engine::envelope::Envelope;
+use engine::participant::{CommandHandler, Effect};
+use engine::{Aggregate, Error, Repository, Result};
+use event_store::{EventStore, StreamAppend};
+use serde_json::{json, Value};
+
+use crate::credit::{CreditCommand, CustomerCredit};
+use crate::inventory::{Inventory, InventoryCommand};
+use crate::order::{Order, OrderCommand};
+use crate::order_input::OrderInput;
+
+/// Participant names, as used in the built-in definition and topic names.
+pub const INVENTORY: &str = "inventory";
+pub const ORDERS: &str = "orders";
+pub const PAYMENTS: &str = "payments";
+
+fn order_input(command: &Envelope) -> Result<OrderInput> {
+    serde_json::from_value(command.payload.clone())
+        .map_err(|e| Error::Invalid(format!("{} payload is not an order: {e}", command.message_type)))
+}
+
+fn unknown(participant: &str, command: &Envelope) -> Error {
+    Error::Invalid(format!("participant '{participant}' does not handle '{}'", command.message_type))
+}
+
+/// Runs `command` against aggregate `id`: `Ok(None)` when it is refused with a reason.
+async fn decide_on<A: Aggregate>(
+    repo: &Repository<A>,
+    id: &str,
+    command: &A::Command,
+) -> Result<std::result::Result<Option<StreamAppend>, String>> {
+    let loaded = repo.load(id).await?;
+    match loaded.state.handle(command) {
+        Ok(events) if events.is_empty() => Ok(Ok(None)),
+        Ok(events) => Ok(Ok(Some(Repository::append_for(&loaded, &events)?))),
+        Err(reason) => Ok(Err(reason.to_string())),
+    }
+}
+
+/// Reserves and releases stock for orders: all items or none.
+pub struct InventoryParticipant {
+    repo: Repository<Inventory>,
+}
+
+impl InventoryParticipant {
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self { repo: Repository::new(store) }
+    }
+}
+
+#[async_trait]
+impl CommandHandler for InventoryParticipant {
+    async fn decide(&self, command: &Envelope) -> Result<Effect> {
+        let input = order_input(command)?;
+        let mut per_sku: BTreeMap<String, u64> = BTreeMap::new();
+        for line in &input.items {
+            *per_sku.entry(line.sku.clone()).or_default() += u64::from(line.quantity);
+        }
+        let order_id = input.order_id.clone();
+        let mut appends = Vec::new();
+        match command.message_type.as_str() {
+            "ReserveInventory" => {
+                for (sku, quantity) in &per_sku {
+                    let reserve = InventoryCommand::Reserve { order_id: order_id.clone(), quantity: *quantity };
+                    match decide_on(&self.repo, sku, &reserve).await? {
+                        Ok(append) => appends.extend(append),
+                        Err(reason) => {
+                            return Ok(Effect::refused(format!("insufficient stock for SKU {sku}: {reason}")))
+                        }
+                    }
+                }
+                Ok(Effect::success(appends, json!({ "reserved": per_sku })))
+            }
+            "ReleaseInventory" => {
+                for sku in per_sku.keys() {
+                    let release = InventoryCommand::Release { order_id: order_id.clone() };
+                    match decide_on(&self.repo, sku, &release).await? {
+                        Ok(append) => appends.extend(append),
+                        Err(reason) => return Err(Error::Rejected(reason)),
+                    }
+                }
+                Ok(Effect::success(appends, json!({})))
+            }
+            _ => Err(unknown(INVENTORY, command)),
+        }
+    }
+}
+
+/// Creates, cancels and approves orders.
+pub struct OrdersParticipant {
+    repo: Repository<Order>,
+}
+
+impl OrdersParticipant {
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self { repo: Repository::new(store) }
+    }
+}
+
+#[async_trait]
+impl CommandHandler for OrdersParticipant {
+    async fn decide(&self, command: &Envelope) -> Result<Effect> {
+        let input = order_input(command)?;
+        let order_command = match command.message_type.as_str() {
+            "CreateOrder" => OrderCommand::Create {
+                customer_id: input.customer_id.clone(),
+                items: input.items.clone(),
+                total: input.total,
+            },
+            "CancelOrder" => OrderCommand::Cancel {
+                reason: input.compensation_reason.clone().unwrap_or_else(|| "cancelled".to_owned()),
+            },
+            "ApproveOrder" => OrderCommand::Approve,
+            _ => return Err(unknown(ORDERS, command)),
+        };
+        Ok(match decide_on(&self.repo, &input.order_id, &order_command).await? {
+            Ok(append) => Effect::success(append.into_iter().collect(), Value::Object(serde_json::Map::new())),
+            Err(reason) => Effect::refused(reason),
+        })
+    }
+}
+
+/// Takes payment by reserving customer credit, and refunds it.
+pub struct PaymentsParticipant {
+    repo: Repository<CustomerCredit>,
+}
+
+impl PaymentsParticipant {
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self { repo: Repository::new(store) }
+    }
+}
+
+#[async_trait]
+impl CommandHandler for PaymentsParticipant {
+    async fn decide(&self, command: &Envelope) -> Result<Effect> {
+        let input = order_input(command)?;
+        let credit_command = match command.message_type.as_str() {
+            "ProcessPayment" => CreditCommand::Reserve { order_id: input.order_id.clone(), amount: input.total },
+            "RefundPayment" => CreditCommand::Refund { order_id: input.order_id.clone() },
+            _ => return Err(unknown(PAYMENTS, command)),
+        };
+        Ok(match decide_on(&self.repo, &input.customer_id, &credit_command).await? {
+            Ok(append) => Effect::success(append.into_iter().collect(), json!({ "paid": input.total })),
+            Err(reason) => Effect::refused(format!("payment declined: {reason}")),
+        })
+    }
+}
+
+/// The built-in participants, by name.
+pub fn builtin(store: &Arc<dyn EventStore>) -> Vec<(&'static str, Arc<dyn CommandHandler>)> {
+    vec![
+        (INVENTORY, Arc::new(InventoryParticipant::new(Arc::clone(store))) as Arc<dyn CommandHandler>),
+        (ORDERS, Arc::new(OrdersParticipant::new(Arc::clone(store)))),
+        (PAYMENTS, Arc::new(PaymentsParticipant::new(Arc::clone(store)))),
+    ]
+}
