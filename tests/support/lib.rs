@@ -4,6 +4,8 @@
 //! migrations applied; it needs `DATABASE_URL`. Kafka tests need `KAFKA_BOOTSTRAP_SERVERS`.
 //! `scripts/services.sh` starts both and prints them.
 
+pub mod contract;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

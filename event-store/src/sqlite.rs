@@ -1,0 +1,389 @@
+//! SQLite backend: the embedded, durable default for a single process.
+//!
+//! One write lock serializes commits, so versions and global positions are assigned in
+//! commit order; readers run concurrently (WAL journal).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::{watch, Mutex};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::model::{
+    i64_of, u64_of, AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, OutgoingMessage, RecordedEvent,
+    Snapshot, StreamAppend, TimerChange,
+};
+use crate::store::{validate_commit, EventStore};
+
+/// Embedded migrations of the SQLite schema.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Event store in a SQLite database file.
+#[derive(Clone)]
+pub struct SqliteEventStore {
+    pool: SqlitePool,
+    write: Arc<Mutex<()>>,
+    changes: Arc<watch::Sender<u64>>,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn json_text(value: &serde_json::Value) -> String {
+    value.to_string()
+}
+
+fn parse_json(text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| Error::Invalid(format!("stored JSON is corrupt: {e}")))
+}
+
+impl SqliteEventStore {
+    /// Opens (creating when missing) `dir/sagaflow.db` and applies migrations.
+    pub async fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("cannot create {}: {e}", dir.display())))?;
+        let options = SqliteConnectOptions::new()
+            .filename(dir.join("sagaflow.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool, write: Arc::default(), changes: Arc::new(watch::channel(0).0) })
+    }
+
+    async fn append_one(tx: &mut Transaction<'_, Sqlite>, append: &StreamAppend) -> Result<AppendResult> {
+        sqlx::query("INSERT INTO streams (stream_id, version) VALUES (?, 0) ON CONFLICT (stream_id) DO NOTHING")
+            .bind(&append.stream_id)
+            .execute(&mut **tx)
+            .await?;
+        let current: i64 = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = ?")
+            .bind(&append.stream_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        let current = u64_of(current);
+        let actual = (current > 0).then_some(current);
+        let mut stored = Vec::new();
+        for event in &append.events {
+            let row: Option<(String, i64)> =
+                sqlx::query_as("SELECT stream_id, global_position FROM events WHERE event_id = ?")
+                    .bind(event.event_id.to_string())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            match row {
+                Some((stream, position)) if stream == append.stream_id => stored.push(u64_of(position)),
+                Some(_) => return Err(Error::DuplicateEventId { event_id: event.event_id }),
+                None => {}
+            }
+        }
+        if !append.events.is_empty() && stored.len() == append.events.len() {
+            return Ok(AppendResult {
+                stream_id: append.stream_id.clone(),
+                next_expected_version: current,
+                positions: stored,
+                already_stored: true,
+            });
+        }
+        if !stored.is_empty() {
+            return Err(Error::PartialIdempotentAppend { stream: append.stream_id.clone() });
+        }
+        if !append.expected.matches(actual) {
+            return Err(Error::WrongExpectedVersion {
+                stream: append.stream_id.clone(),
+                expected: append.expected,
+                actual,
+            });
+        }
+        let mut result = AppendResult {
+            stream_id: append.stream_id.clone(),
+            next_expected_version: current,
+            positions: Vec::new(),
+            already_stored: false,
+        };
+        let mut version = current;
+        let now = micros(Utc::now());
+        for event in &append.events {
+            version += 1;
+            let position: i64 = sqlx::query_scalar(
+                "INSERT INTO events (event_id, stream_id, version, event_type, data, metadata, recorded_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING global_position",
+            )
+            .bind(event.event_id.to_string())
+            .bind(&append.stream_id)
+            .bind(i64_of(version))
+            .bind(&event.event_type)
+            .bind(json_text(&event.data))
+            .bind(json_text(&event.metadata))
+            .bind(now)
+            .fetch_one(&mut **tx)
+            .await?;
+            result.positions.push(u64_of(position));
+        }
+        sqlx::query("UPDATE streams SET version = ? WHERE stream_id = ?")
+            .bind(i64_of(version))
+            .bind(&append.stream_id)
+            .execute(&mut **tx)
+            .await?;
+        result.next_expected_version = version;
+        Ok(result)
+    }
+
+    async fn commit_tx(&self, commit: &Commit) -> Result<CommitResult> {
+        let _writer = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let mut results = Vec::with_capacity(commit.appends.len());
+        for append in &commit.appends {
+            results.push(Self::append_one(&mut tx, append).await?);
+        }
+        if let Some(processed) = &commit.processed {
+            let inserted = sqlx::query(
+                "INSERT INTO processed_messages (consumer, message_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(&processed.consumer)
+            .bind(&processed.message_id)
+            .bind(micros(Utc::now()))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                return Err(Error::AlreadyProcessed {
+                    consumer: processed.consumer.clone(),
+                    message_id: processed.message_id.clone(),
+                });
+            }
+        }
+        for message in &commit.outbox {
+            sqlx::query("INSERT INTO outbox (topic, msg_key, payload, headers, created_at) VALUES (?, ?, ?, ?, ?)")
+                .bind(&message.topic)
+                .bind(&message.key)
+                .bind(&message.payload)
+                .bind(serde_json::to_string(&message.headers).unwrap_or_default())
+                .bind(micros(Utc::now()))
+                .execute(&mut *tx)
+                .await?;
+        }
+        for timer in &commit.timers {
+            match timer {
+                TimerChange::Set { key, due_at } => {
+                    sqlx::query(
+                        "INSERT INTO timers (timer_key, due_at) VALUES (?, ?)
+                         ON CONFLICT (timer_key) DO UPDATE SET due_at = excluded.due_at",
+                    )
+                    .bind(key)
+                    .bind(micros(*due_at))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                TimerChange::Cancel { key } => {
+                    sqlx::query("DELETE FROM timers WHERE timer_key = ?").bind(key).execute(&mut *tx).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(CommitResult { appends: results })
+    }
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
+    let event_id: String = row.try_get("event_id")?;
+    Ok(RecordedEvent {
+        global_position: u64_of(row.try_get("global_position")?),
+        event_id: Uuid::parse_str(&event_id).map_err(|e| Error::Invalid(format!("stored event id is corrupt: {e}")))?,
+        stream_id: row.try_get("stream_id")?,
+        version: u64_of(row.try_get("version")?),
+        event_type: row.try_get("event_type")?,
+        data: parse_json(row.try_get("data")?)?,
+        metadata: parse_json(row.try_get("metadata")?)?,
+        recorded_at: from_micros(row.try_get("recorded_at")?),
+    })
+}
+
+const EVENT_COLUMNS: &str = "global_position, event_id, stream_id, version, event_type, data, metadata, recorded_at";
+
+fn limit_of(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn commit(&self, commit: Commit) -> Result<CommitResult> {
+        validate_commit(&commit)?;
+        let result = self.commit_tx(&commit).await?;
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(result)
+    }
+
+    async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version >= ? ORDER BY version LIMIT ?"
+        ))
+        .bind(stream_id)
+        .bind(i64_of(from_version))
+        .bind(limit_of(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>> {
+        let version: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = ?")
+            .bind(stream_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(version.map(u64_of).filter(|v| *v > 0))
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ? ORDER BY global_position LIMIT ?"
+        ))
+        .bind(i64_of(after))
+        .bind(limit_of(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT stream_id FROM streams WHERE substr(stream_id, 1, length(?)) = ? AND version > 0
+               AND (? IS NULL OR stream_id > ?) ORDER BY stream_id LIMIT ?",
+        )
+        .bind(prefix)
+        .bind(prefix)
+        .bind(after)
+        .bind(after)
+        .bind(limit_of(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, version, state, taken_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (stream_id, version) DO UPDATE SET state = excluded.state, taken_at = excluded.taken_at",
+        )
+        .bind(&snapshot.stream_id)
+        .bind(i64_of(snapshot.version))
+        .bind(json_text(&snapshot.state))
+        .bind(micros(snapshot.taken_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream_id: &str, max_version: Option<u64>) -> Result<Option<Snapshot>> {
+        let row: Option<(String, i64, String, i64)> = sqlx::query_as(
+            "SELECT stream_id, version, state, taken_at FROM snapshots
+             WHERE stream_id = ? AND version <= ? ORDER BY version DESC LIMIT 1",
+        )
+        .bind(stream_id)
+        .bind(max_version.map_or(i64::MAX, i64_of))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(stream_id, version, state, taken_at)| {
+            Ok(Snapshot {
+                stream_id,
+                version: u64_of(version),
+                state: parse_json(&state)?,
+                taken_at: from_micros(taken_at),
+            })
+        })
+        .transpose()
+    }
+
+    async fn claim_outbox(&self, relay_id: &str, limit: usize, lease: Duration) -> Result<Vec<OutboxMessage>> {
+        let now = micros(Utc::now());
+        let until = now.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        let _writer = self.write.lock().await;
+        let rows = sqlx::query(
+            "UPDATE outbox SET claimed_by = ?, claimed_until = ?
+             WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?)
+                          ORDER BY id LIMIT ?)
+             RETURNING id, topic, msg_key, payload, headers, created_at",
+        )
+        .bind(relay_id)
+        .bind(until)
+        .bind(now)
+        .bind(limit_of(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut messages = rows
+            .iter()
+            .map(|row| {
+                let headers: String = row.try_get("headers")?;
+                Ok(OutboxMessage {
+                    id: u64_of(row.try_get("id")?),
+                    created_at: from_micros(row.try_get("created_at")?),
+                    message: OutgoingMessage {
+                        topic: row.try_get("topic")?,
+                        key: row.try_get("msg_key")?,
+                        payload: row.try_get("payload")?,
+                        headers: serde_json::from_str(&headers).unwrap_or_default(),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        messages.sort_by_key(|m| m.id);
+        Ok(messages)
+    }
+
+    async fn mark_published(&self, relay_id: &str, ids: &[u64]) -> Result<()> {
+        let _writer = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let now = micros(Utc::now());
+        for id in ids {
+            sqlx::query("UPDATE outbox SET published_at = ? WHERE id = ? AND claimed_by = ? AND published_at IS NULL")
+                .bind(now)
+                .bind(i64_of(*id))
+                .bind(relay_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outbox_pending(&self) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;
+        Ok(u64_of(n))
+    }
+
+    async fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT timer_key, due_at FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?")
+                .bind(micros(now))
+                .bind(limit_of(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(key, due_at)| DueTimer { key, due_at: from_micros(due_at) }).collect())
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

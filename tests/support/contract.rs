@@ -1,0 +1,339 @@
+//! The event store's contract, run against every backend: each function takes a store
+//! and a second handle on the same data (another process, where the backend allows).
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::Repository;
+use event_store::{
+    Commit, Error, EventStore, EventStoreExt, ExpectedVersion, NewEvent, OutgoingMessage, Subscription, TimerChange,
+};
+use futures::TryStreamExt;
+use serde_json::json;
+use tokio::sync::Barrier;
+use uuid::Uuid;
+
+fn event(n: usize) -> NewEvent {
+    NewEvent::new("Happened", json!({ "n": n }))
+}
+
+pub async fn racing_writers_get_exactly_one_winner_per_version(
+    store: Arc<dyn EventStore>,
+    _other: Arc<dyn EventStore>,
+) {
+    const WRITERS: usize = 12;
+    const ROUNDS: u64 = 8;
+    for round in 0..ROUNDS {
+        let expected = if round == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(round) };
+        let barrier = Arc::new(Barrier::new(WRITERS));
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.append("race", expected, vec![event(w)]).await
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(result) => {
+                    winners += 1;
+                    assert_eq!(result.next_expected_version, round + 1);
+                }
+                Err(Error::WrongExpectedVersion { stream, expected: e, actual }) => {
+                    assert_eq!((stream.as_str(), e), ("race", expected));
+                    assert_eq!(actual, Some(round + 1), "a loser sees the winner's version");
+                }
+                Err(other) => panic!("unexpected error: {other}"),
+            }
+        }
+        assert_eq!(winners, 1, "round {round}: exactly one writer wins");
+    }
+    let events = store.read_stream("race", 1, 100).await.unwrap();
+    let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, (1..=ROUNDS).collect::<Vec<_>>(), "gap-free, no duplicates");
+    assert_eq!(store.stream_version("race").await.unwrap(), Some(ROUNDS));
+}
+
+pub async fn stale_writer_gets_wrong_expected_version_and_writes_nothing(
+    store: Arc<dyn EventStore>,
+    _other: Arc<dyn EventStore>,
+) {
+    store.append("s", ExpectedVersion::NoStream, vec![event(1), event(2)]).await.unwrap();
+    let outbox =
+        OutgoingMessage { topic: "t".into(), key: "k".into(), payload: b"x".to_vec(), headers: BTreeMap::new() };
+    let err = store
+        .commit(
+            Commit::append("other", ExpectedVersion::NoStream, vec![event(9)])
+                .with_append("s", ExpectedVersion::Exact(1), vec![event(3)])
+                .with_message(outbox),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::WrongExpectedVersion { ref stream, expected: ExpectedVersion::Exact(1), actual: Some(2) } if stream == "s"),
+        "{err}"
+    );
+    assert_eq!(store.stream_version("other").await.unwrap(), None, "the whole commit is rolled back");
+    assert_eq!(store.outbox_pending().await.unwrap(), 0);
+    let err = store.append("s", ExpectedVersion::NoStream, vec![event(3)]).await.unwrap_err();
+    assert!(matches!(err, Error::WrongExpectedVersion { actual: Some(2), .. }), "{err}");
+    store.append("s", ExpectedVersion::Any, vec![event(3)]).await.unwrap();
+    assert_eq!(store.stream_version("s").await.unwrap(), Some(3));
+}
+
+pub async fn reappending_a_stored_event_id_is_a_no_op_returning_the_original_position(
+    store: Arc<dyn EventStore>,
+    _other: Arc<dyn EventStore>,
+) {
+    let id = Uuid::now_v7();
+    let first = store.append("s", ExpectedVersion::NoStream, vec![event(1).with_id(id)]).await.unwrap();
+    store.append("s", ExpectedVersion::Exact(1), vec![event(2)]).await.unwrap();
+    // A retry with the stale expectation is still recognised as the same write.
+    let retry = store.append("s", ExpectedVersion::NoStream, vec![event(1).with_id(id)]).await.unwrap();
+    assert!(retry.already_stored);
+    assert_eq!(retry.positions, first.positions);
+    assert_eq!(store.stream_version("s").await.unwrap(), Some(2));
+
+    let err = store.append("s", ExpectedVersion::Any, vec![event(1).with_id(id), event(3)]).await.unwrap_err();
+    assert!(matches!(err, Error::PartialIdempotentAppend { .. }), "{err}");
+    let err = store.append("elsewhere", ExpectedVersion::Any, vec![event(1).with_id(id)]).await.unwrap_err();
+    assert!(matches!(err, Error::DuplicateEventId { event_id } if event_id == id), "{err}");
+    assert_eq!(store.stream_version("elsewhere").await.unwrap(), None);
+}
+
+pub async fn all_stream_order_with_concurrent_writers_never_lets_a_subscriber_skip(
+    store: Arc<dyn EventStore>,
+    _other: Arc<dyn EventStore>,
+) {
+    const WRITERS: usize = 8;
+    const PER_WRITER: usize = 40;
+    let total = WRITERS * PER_WRITER;
+    let mut subscription = Subscription::after(Arc::clone(&store), 0);
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::with_capacity(total);
+        while seen.len() < total {
+            let e = tokio::time::timeout(Duration::from_secs(30), subscription.next()).await.unwrap().unwrap();
+            seen.push((e.global_position, e.event_id));
+        }
+        seen
+    });
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..PER_WRITER {
+                    // Half the writers share one stream, so their transactions queue on its row lock.
+                    let stream = if w % 2 == 0 { format!("own-{w}") } else { "shared".to_owned() };
+                    store.append(&stream, ExpectedVersion::Any, vec![event(i)]).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let seen = reader.await.unwrap();
+    let all: Vec<(u64, Uuid)> =
+        store.read_all(0, total + 10).await.unwrap().iter().map(|e| (e.global_position, e.event_id)).collect();
+    assert_eq!(all.len(), total);
+    assert_eq!(seen, all, "the live subscriber saw exactly the final $all order");
+}
+
+pub async fn catch_up_then_live_subscription_delivers_every_event_once_in_order(
+    store: Arc<dyn EventStore>,
+    other: Arc<dyn EventStore>,
+) {
+    for i in 0..25 {
+        store.append(&format!("s-{}", i % 3), ExpectedVersion::Any, vec![event(i)]).await.unwrap();
+    }
+    let mut sub = Subscription::after(Arc::clone(&store), 0);
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(sub.next().await.unwrap());
+    }
+    let checkpoint = sub.position();
+    drop(sub);
+
+    // Resume from the stored checkpoint; live events are written by a second store
+    // instance (another process, as far as LISTEN/NOTIFY is concerned).
+    let mut sub = Subscription::after(Arc::clone(&store), checkpoint);
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for i in 25..40 {
+            other.append("live", ExpectedVersion::Any, vec![event(i)]).await.unwrap();
+        }
+    });
+    while got.len() < 40 {
+        got.push(tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("live event").unwrap());
+    }
+    writer.await.unwrap();
+    let ns: Vec<u64> = got.iter().map(|e| e.data["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (0..40).collect::<Vec<_>>(), "every event once, in order");
+    assert!(got.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err(), "nothing extra");
+}
+
+pub async fn long_streams_read_as_an_async_stream_in_pages(store: Arc<dyn EventStore>, _other: Arc<dyn EventStore>) {
+    let events: Vec<NewEvent> = (0..120).map(event).collect();
+    store.append("long", ExpectedVersion::NoStream, events).await.unwrap();
+    let read: Vec<_> =
+        event_store::read::stream_events(Arc::clone(&store), "long".into(), 11, 25).try_collect().await.unwrap();
+    assert_eq!(read.len(), 110);
+    assert_eq!(read.first().unwrap().version, 11);
+    assert_eq!(read.last().unwrap().version, 120);
+}
+
+mod snapshot_aggregate {
+    use engine::Aggregate;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Tally {
+        pub total: i64,
+        pub history: Vec<i64>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    pub enum TallyEvent {
+        Counted { n: i64 },
+    }
+
+    impl Aggregate for Tally {
+        const TYPE: &'static str = "tally";
+        type Event = TallyEvent;
+        type Command = i64;
+        type Error = String;
+        fn apply(&mut self, TallyEvent::Counted { n }: &TallyEvent) {
+            self.total += n;
+            self.history.push(*n);
+        }
+        fn handle(&self, n: &i64) -> Result<Vec<TallyEvent>, String> {
+            Ok(vec![TallyEvent::Counted { n: *n }])
+        }
+    }
+}
+
+pub async fn snapshot_plus_tail_equals_full_replay(store: Arc<dyn EventStore>, _other: Arc<dyn EventStore>) {
+    use snapshot_aggregate::Tally;
+    let snapshotting = Repository::<Tally>::new(Arc::clone(&store)).with_snapshots_every(10);
+    for n in 1..=27 {
+        snapshotting.execute("t", &n).await.unwrap();
+    }
+    let snapshot = store.load_snapshot("tally-t", None).await.unwrap().expect("a snapshot");
+    assert_eq!(snapshot.version, 20);
+    let via_snapshot = snapshotting.load("t").await.unwrap();
+    let full = Repository::<Tally>::new(Arc::clone(&store)).load_at_time("t", chrono::Utc::now()).await.unwrap();
+    assert_eq!(via_snapshot.version, 27);
+    assert_eq!(via_snapshot.state, full.state);
+    assert_eq!(snapshotting.load_at_version("t", 15).await.unwrap().state.total, (1..=15).sum::<i64>());
+}
+
+pub async fn outbox_is_claimed_in_order_and_each_message_once_with_two_relays(
+    store: Arc<dyn EventStore>,
+    _other: Arc<dyn EventStore>,
+) {
+    const MESSAGES: usize = 300;
+    for i in 0..MESSAGES {
+        let message = OutgoingMessage {
+            topic: "t".into(),
+            key: format!("k{}", i % 7),
+            payload: i.to_string().into_bytes(),
+            headers: BTreeMap::from([("n".to_owned(), i.to_string())]),
+        };
+        store
+            .commit(Commit::append(format!("s{i}"), ExpectedVersion::NoStream, vec![event(i)]).with_message(message))
+            .await
+            .unwrap();
+    }
+    let relays: Vec<_> = ["relay-a", "relay-b"]
+        .into_iter()
+        .map(|relay| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut published = Vec::new();
+                loop {
+                    let batch = store.claim_outbox(relay, 16, Duration::from_secs(30)).await.unwrap();
+                    if batch.is_empty() {
+                        return published;
+                    }
+                    assert!(batch.windows(2).all(|w| w[0].id < w[1].id), "a claim is in outbox order");
+                    tokio::time::sleep(Duration::from_millis(2)).await; // "publishing"
+                    let ids: Vec<u64> = batch.iter().map(|m| m.id).collect();
+                    store.mark_published(relay, &ids).await.unwrap();
+                    published.extend(batch.into_iter().map(|m| String::from_utf8(m.message.payload).unwrap()));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut per_relay = Vec::new();
+    for r in relays {
+        let published = r.await.unwrap();
+        per_relay.push(published.len());
+        all.extend(published);
+    }
+    assert_eq!(all.len(), MESSAGES, "no message published twice");
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), MESSAGES, "every message published");
+    assert!(per_relay.iter().all(|n| *n > 0), "both relays took part: {per_relay:?}");
+    assert_eq!(store.outbox_pending().await.unwrap(), 0);
+}
+
+pub async fn expired_outbox_lease_is_claimed_again(store: Arc<dyn EventStore>, _other: Arc<dyn EventStore>) {
+    let message = OutgoingMessage { topic: "t".into(), key: "k".into(), payload: vec![1], headers: BTreeMap::new() };
+    store.commit(Commit::default().with_message(message)).await.unwrap();
+    let first = store.claim_outbox("crashed", 10, Duration::from_millis(800)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(store.claim_outbox("other", 10, Duration::from_secs(5)).await.unwrap().is_empty(), "leased");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let again = store.claim_outbox("other", 10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), vec![first[0].id]);
+    store.mark_published("crashed", &[first[0].id]).await.unwrap();
+    assert_eq!(store.outbox_pending().await.unwrap(), 1, "a relay that lost its lease cannot mark");
+    store.mark_published("other", &[first[0].id]).await.unwrap();
+    assert_eq!(store.outbox_pending().await.unwrap(), 0);
+}
+
+pub async fn processed_message_record_makes_a_redelivered_effect_a_no_op(
+    store: Arc<dyn EventStore>,
+    _other: Arc<dyn EventStore>,
+) {
+    let effect = || Commit::append("account", ExpectedVersion::Any, vec![event(1)]).processing("payments", "msg-1");
+    store.commit(effect()).await.unwrap();
+    let err = store.commit(effect()).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyProcessed { .. }), "{err}");
+    assert_eq!(store.stream_version("account").await.unwrap(), Some(1));
+}
+
+pub async fn timers_are_stored_replaced_and_cancelled_with_commits(
+    store: Arc<dyn EventStore>,
+    _other: Arc<dyn EventStore>,
+) {
+    let now = chrono::Utc::now();
+    let set =
+        |key: &str, secs: i64| TimerChange::Set { key: key.into(), due_at: now + chrono::Duration::seconds(secs) };
+    store
+        .commit(Commit::default().with_timer(set("a", -5)).with_timer(set("b", -1)).with_timer(set("c", 60)))
+        .await
+        .unwrap();
+    let due: Vec<String> = store.due_timers(now, 10).await.unwrap().into_iter().map(|t| t.key).collect();
+    assert_eq!(due, vec!["a", "b"]);
+    store
+        .commit(Commit::default().with_timer(set("a", 30)).with_timer(TimerChange::Cancel { key: "b".into() }))
+        .await
+        .unwrap();
+    assert!(store.due_timers(now, 10).await.unwrap().is_empty());
+}
+
+pub async fn streams_are_listed_by_prefix(store: Arc<dyn EventStore>, _other: Arc<dyn EventStore>) {
+    for id in ["saga-1", "saga-2", "order-1", "saga-3"] {
+        store.append(id, ExpectedVersion::NoStream, vec![event(0)]).await.unwrap();
+    }
+    assert_eq!(store.list_streams("saga-", None, 10).await.unwrap(), vec!["saga-1", "saga-2", "saga-3"]);
+    assert_eq!(store.list_streams("saga-", Some("saga-1"), 1).await.unwrap(), vec!["saga-2"]);
+}
