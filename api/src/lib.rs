@@ -1,1 +1,14 @@
-//! The Sagaflow REST API.
+//! The Sagaflow REST API (axum) and the composition of a running engine.
+
+pub mod app;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod wait;
+
+pub use app::router;
+pub use state::AppState;

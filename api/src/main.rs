@@ -1,1 +1,156 @@
-fn main() {}
+//! `sagaflow serve`: the API, the coordinator, the outbox relay and the built-in
+//! participants in one process, or any subset of them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use api::server::{self, Roles, StartError, StoreConfig, TransportConfig};
+use clap::{Args, Parser, Subcommand};
+use engine::topics::Topics;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "sagaflow", version, about = "Event-sourced saga orchestration")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the engine. With neither DATABASE_URL nor KAFKA_BOOTSTRAP_SERVERS it runs
+    /// embedded: a SQLite store in the data directory and an in-process transport.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Roles to run: any of api, coordinator, participants.
+    #[arg(long, env = "SAGAFLOW_ROLES", default_value = "api,coordinator,participants")]
+    roles: String,
+    /// Address of the HTTP API.
+    #[arg(long, env = "SAGAFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// PostgreSQL event store (postgres://…); embedded SQLite when absent.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Kafka brokers (host:port,…); in-process transport when absent.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    kafka_bootstrap_servers: Option<String>,
+    /// Where the embedded store keeps its data.
+    #[arg(long, env = "SAGAFLOW_DATA_DIR", default_value = "./sagaflow-data")]
+    data_dir: PathBuf,
+    /// Prefix of every Kafka topic.
+    #[arg(long, env = "SAGAFLOW_TOPIC_PREFIX", default_value = "sagaflow")]
+    topic_prefix: String,
+}
+
+fn main() -> ExitCode {
+    let Command::Serve(args) = Cli::parse().command;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,rdkafka=warn".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "sagaflow stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), StartError> {
+    let roles = Roles::parse(&args.roles).map_err(StartError::Config)?;
+    let store_config = match &args.database_url {
+        Some(url) => StoreConfig::Postgres(url.clone()),
+        None => StoreConfig::Sqlite(args.data_dir.clone()),
+    };
+    let transport_config = match &args.kafka_bootstrap_servers {
+        Some(servers) => TransportConfig::Kafka(servers.clone()),
+        None => TransportConfig::InProcess,
+    };
+    match (&store_config, &transport_config) {
+        (StoreConfig::Sqlite(dir), TransportConfig::InProcess) => tracing::info!(
+            data_dir = %dir.display(),
+            "sagaflow starting embedded: SQLite store in {}, in-process transport (set DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS for PostgreSQL and Kafka)",
+            dir.display()
+        ),
+        (StoreConfig::Postgres(_), TransportConfig::Kafka(servers)) => {
+            tracing::info!(%servers, "sagaflow starting on PostgreSQL and Kafka");
+        }
+        _ => tracing::info!(store = ?store_config_name(&store_config), transport = ?transport_config_name(&transport_config), "sagaflow starting"),
+    }
+    if matches!(transport_config, TransportConfig::InProcess) && roles != Roles::ALL {
+        return Err(StartError::Config(
+            "the in-process transport needs every role in one process; set KAFKA_BOOTSTRAP_SERVERS to split roles".into(),
+        ));
+    }
+    let store = server::open_store(&store_config).await?;
+    let transport = server::open_transport(&transport_config)?;
+    let topics = Topics::new(args.topic_prefix.clone());
+    let engine = server::start(store, transport, topics, roles, format!("{}.", args.topic_prefix)).await?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    if roles.api {
+        let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
+        tracing::info!(addr = %args.http_addr, "HTTP API listening");
+        axum::serve(listener, api::router(engine.state.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await?;
+    } else {
+        shutdown.cancelled().await;
+    }
+    tracing::info!("shutting down: stopping consumers, flushing the outbox");
+    engine.runtime.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn store_config_name(config: &StoreConfig) -> &'static str {
+    match config {
+        StoreConfig::Postgres(_) => "postgres",
+        StoreConfig::Sqlite(_) => "sqlite",
+    }
+}
+
+fn transport_config_name(config: &TransportConfig) -> &'static str {
+    match config {
+        TransportConfig::Kafka(_) => "kafka",
+        TransportConfig::InProcess => "in-process",
+    }
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

@@ -9,17 +9,19 @@ pub const MAX_QUANTITY: u32 = 1_000_000;
 pub const MAX_ID_LEN: usize = 100;
 
 /// One line of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub sku: String,
     pub quantity: u32,
-    /// Money: a decimal string in JSON.
+    /// Money: a decimal string in JSON (a JSON number is refused: floats lose cents).
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "10.50")]
     pub unit_price: Decimal,
 }
 
 /// An order as submitted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
     pub customer_id: String,
@@ -38,7 +40,8 @@ pub struct OrderInput {
     pub compensation_reason: Option<String>,
 }
 
-fn valid_id(s: &str) -> bool {
+/// Whether `s` is a usable id: 1-100 letters, digits, '-', '_' or '.'.
+pub fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))

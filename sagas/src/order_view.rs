@@ -17,7 +17,7 @@ use crate::order::{Order, OrderStatus};
 use crate::order_input::{NewOrder, OrderInput, OrderLine};
 
 /// An order's status as shown to customers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderViewStatus {
     Pending,
@@ -33,11 +33,12 @@ impl OrderViewStatus {
 }
 
 /// An order as shown to customers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderView {
     pub order_id: String,
     pub customer_id: String,
     pub items: Vec<OrderLine>,
+    #[schema(value_type = String, example = "24.25")]
     pub total: Decimal,
     pub status: OrderViewStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,15 +68,20 @@ impl OrderService {
 
     /// Starts the order-fulfilment saga for a valid order. The order's id is its saga's id.
     pub async fn submit(&self, order: NewOrder) -> Result<SubmittedOrder> {
+        self.submit_with(order, Uuid::now_v7(), Commit::default()).await
+    }
+
+    /// Like [`OrderService::submit`] with a chosen id, adding `extra` to the same
+    /// transaction (an idempotency record, say).
+    pub async fn submit_with(&self, order: NewOrder, saga_id: Uuid, extra: Commit) -> Result<SubmittedOrder> {
         let problems = order.problems();
         if !problems.is_empty() {
             return Err(Error::Invalid(problems.join("; ")));
         }
         let definition = self.coordinator.registry().get(ORDER_FULFILMENT, None).await?;
-        let saga_id = Uuid::now_v7();
         let input = order.into_input(saga_id.to_string());
         let input = serde_json::to_value(input).map_err(Error::Encode)?;
-        self.coordinator.start_with(&definition, input, saga_id, Commit::default()).await?;
+        self.coordinator.start_with(&definition, input, saga_id, extra).await?;
         Ok(SubmittedOrder { order_id: saga_id.to_string(), saga_id })
     }
 

@@ -1,0 +1,41 @@
+//! The router: used by the binary and by the tests alike.
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::{middleware, Json, Router};
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::openapi::ApiDoc;
+use crate::routes::{aggregates, customers, definitions, health, inventory, orders, sagas, streams};
+use crate::state::AppState;
+
+/// Request bodies larger than this are refused with 413.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/inventory/{sku}", put(inventory::set_stock).get(inventory::get_stock))
+        .route("/customers/{id}/credit", put(customers::set_credit).get(customers::get_credit))
+        .route("/orders", post(orders::submit))
+        .route("/orders/{id}", get(orders::get_order))
+        .route("/saga-definitions", post(definitions::register).get(definitions::list))
+        .route("/saga-definitions/{name}", get(definitions::latest))
+        .route("/saga-definitions/{name}/versions/{version}", get(definitions::version))
+        .route("/sagas", post(sagas::start).get(sagas::list))
+        .route("/sagas/{id}", get(sagas::get_saga))
+        .route("/sagas/{id}/events", get(sagas::events))
+        .route("/aggregates/{type}/{id}", get(aggregates::get_aggregate))
+        .route("/streams/{id}/events", get(streams::read).post(streams::append))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .fallback(|| async { ApiError::NoRoute("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed("method not allowed on this route".into()) })
+        .layer(middleware::from_fn(crate::metrics::track))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

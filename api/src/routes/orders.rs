@@ -1,0 +1,113 @@
+//! `POST /orders`, `GET /orders/{id}`: submitting orders and following them.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use event_store::{Commit, ExpectedVersion, NewEvent};
+use sagas::order_input::NewOrder;
+use sagas::order_view::{OrderView, OrderViewStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::state::AppState;
+use crate::wait::{until_terminal, WaitQuery};
+
+/// The answer to a submitted order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SubmitResponse {
+    pub order_id: String,
+    pub saga_id: Uuid,
+    pub status: OrderViewStatus,
+}
+
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IdempotencyRecord {
+    fingerprint: String,
+    response: SubmitResponse,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else { return Ok(None) };
+    let key = value.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    if key.is_empty() || key.len() > 200 || !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest("Idempotency-Key must be 1-200 visible ASCII characters".into()));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn accepted(response: &SubmitResponse) -> Response {
+    let location = format!("/orders/{}", response.order_id);
+    (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(response.clone())).into_response()
+}
+
+async fn stored_record(state: &AppState, stream: &str) -> ApiResult<Option<IdempotencyRecord>> {
+    let events = state.store.read_stream(stream, 1, 1).await?;
+    Ok(events.first().and_then(|e| serde_json::from_value(e.data.clone()).ok()))
+}
+
+fn replay(record: IdempotencyRecord, fingerprint: &str) -> ApiResult<Response> {
+    if record.fingerprint == fingerprint {
+        Ok(accepted(&record.response))
+    } else {
+        Err(ApiError::invalid("this Idempotency-Key was already used with a different request body", vec![]))
+    }
+}
+
+/// Submits an order: starts its order-fulfilment saga. With an `Idempotency-Key`, a retry
+/// answers like the first request and starts nothing new.
+#[utoipa::path(post, path = "/orders", tag = "orders", request_body = NewOrder,
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes retries safe")),
+    responses((status = 202, body = SubmitResponse, headers(("Location" = String))), (status = 400), (status = 422)))]
+pub async fn submit(State(state): State<AppState>, headers: HeaderMap, AppJson(order): AppJson<NewOrder>) -> ApiResult<Response> {
+    let problems = order.problems();
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(format!("the order has {} problem(s)", problems.len()), problems));
+    }
+    let saga_id = Uuid::now_v7();
+    let response = SubmitResponse { order_id: saga_id.to_string(), saga_id, status: OrderViewStatus::Pending };
+    let Some(key) = idempotency_key(&headers)? else {
+        state.orders.submit_with(order, saga_id, Commit::default()).await?;
+        return Ok(accepted(&response));
+    };
+    let stream = format!("idempotency-orders-{key}");
+    let fingerprint = serde_json::to_string(&order).map_err(engine::Error::Encode)?;
+    if let Some(record) = stored_record(&state, &stream).await? {
+        return replay(record, &fingerprint);
+    }
+    let record = json!({ "fingerprint": fingerprint, "response": response });
+    let claim = Commit::append(stream.clone(), ExpectedVersion::NoStream, vec![NewEvent::new("RequestAccepted", record)]);
+    match state.orders.submit_with(order, saga_id, claim).await {
+        Ok(_) => Ok(accepted(&response)),
+        // A concurrent request with the same key won; nothing of ours was written.
+        Err(engine::Error::Store(event_store::Error::WrongExpectedVersion { stream: s, .. })) if s == stream => {
+            let record = stored_record(&state, &stream).await?.ok_or_else(|| ApiError::Unavailable("retry".into()))?;
+            replay(record, &fingerprint)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An order with its status; `?wait=<seconds>` holds the request until it is terminal.
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = String, Path), WaitQuery),
+    responses((status = 200, body = OrderView), (status = 400), (status = 404)))]
+pub async fn get_order(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+    AppQuery(query): AppQuery<WaitQuery>,
+) -> ApiResult<Json<OrderView>> {
+    let wait = query.duration()?;
+    let view = until_terminal(state.store.as_ref(), wait, || async {
+        let view = state.orders.view(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no order '{id}'")))?;
+        let terminal = view.status.is_terminal();
+        Ok((view, terminal))
+    })
+    .await?;
+    Ok(Json(view))
+}

@@ -1,0 +1,128 @@
+//! Composition: a store, a transport and the roles to run become a running engine.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::coordinator::Coordinator;
+use engine::definition_registry::DefinitionRegistry;
+use engine::runtime::{Runtime, RuntimeConfig};
+use engine::topics::Topics;
+use engine::transport::in_process::InProcessTransport;
+use engine::transport::kafka::{KafkaConfig, KafkaTransport};
+use engine::transport::Transport;
+use event_store::postgres::PgEventStore;
+use event_store::sqlite::SqliteEventStore;
+use event_store::EventStore;
+use sagas::order_view::OrderService;
+
+use crate::state::AppState;
+
+/// Which roles this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub coordinator: bool,
+    pub participants: bool,
+}
+
+impl Roles {
+    /// Every role.
+    pub const ALL: Self = Self { api: true, coordinator: true, participants: true };
+
+    /// Parses `api,coordinator,participants` (any subset, at least one).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut roles = Self { api: false, coordinator: false, participants: false };
+        for role in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "api" => roles.api = true,
+                "coordinator" => roles.coordinator = true,
+                "participants" => roles.participants = true,
+                other => return Err(format!("unknown role '{other}' (known: api, coordinator, participants)")),
+            }
+        }
+        if roles == (Self { api: false, coordinator: false, participants: false }) {
+            return Err("give at least one role".into());
+        }
+        Ok(roles)
+    }
+}
+
+/// Where events are stored.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Postgres(String),
+    Sqlite(PathBuf),
+}
+
+/// How messages travel.
+#[derive(Debug, Clone)]
+pub enum TransportConfig {
+    Kafka(String),
+    InProcess,
+}
+
+/// Opens the configured store.
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn EventStore>, StartError> {
+    Ok(match config {
+        StoreConfig::Postgres(url) => Arc::new(PgEventStore::connect(url).await?),
+        StoreConfig::Sqlite(dir) => Arc::new(SqliteEventStore::open(dir).await?),
+    })
+}
+
+/// Creates the configured transport.
+pub fn open_transport(config: &TransportConfig) -> Result<Arc<dyn Transport>, StartError> {
+    Ok(match config {
+        TransportConfig::Kafka(servers) => Arc::new(KafkaTransport::new(KafkaConfig::new(servers.clone()))?),
+        TransportConfig::InProcess => Arc::new(InProcessTransport::new()),
+    })
+}
+
+/// Anything that can stop the engine from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] event_store::Error),
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A running engine: the API state and the background roles.
+pub struct Engine {
+    pub state: AppState,
+    pub runtime: Runtime,
+}
+
+/// Registers the built-in definition and starts the roles over `store` and `transport`.
+pub async fn start(
+    store: Arc<dyn EventStore>,
+    transport: Arc<dyn Transport>,
+    topics: Topics,
+    roles: Roles,
+    group_prefix: String,
+) -> Result<Engine, StartError> {
+    let registry = Arc::new(DefinitionRegistry::new(Arc::clone(&store)));
+    registry.ensure(sagas::order_fulfilment()).await?;
+    let coordinator = Arc::new(Coordinator::new(Arc::clone(&store), registry, topics));
+    let participants = if roles.participants {
+        sagas::participants::builtin(&store).into_iter().map(|(name, handler)| (name.to_owned(), handler)).collect()
+    } else {
+        Vec::new()
+    };
+    let config = RuntimeConfig {
+        coordinator: roles.coordinator,
+        // Every process writes to the outbox (sagas started, replies): every one relays.
+        relay: true,
+        participants,
+        group_prefix,
+        timer_poll: Duration::from_millis(100),
+    };
+    let runtime = Runtime::start(Arc::clone(&store), Arc::clone(&transport), Arc::clone(&coordinator), config).await?;
+    let orders = Arc::new(OrderService::new(Arc::clone(&coordinator), Arc::clone(&store)));
+    let state = AppState { store, transport, coordinator, orders, metrics: crate::metrics::recorder() };
+    Ok(Engine { state, runtime })
+}
