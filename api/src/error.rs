@@ -151,7 +151,9 @@ impl IntoResponse for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::JsonDataError(e) => Self::invalid(format!("the JSON body does not fit: {}", e.body_text()), vec![]),
+            JsonRejection::JsonDataError(e) => {
+                Self::invalid(format!("the JSON body does not fit: {}", e.body_text()), vec![])
+            }
             JsonRejection::JsonSyntaxError(e) => Self::BadRequest(format!("malformed JSON: {}", e.body_text())),
             JsonRejection::MissingJsonContentType(_) => {
                 Self::UnsupportedMediaType("expected a body with Content-Type: application/json".into())

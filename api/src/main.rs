@@ -50,7 +50,8 @@ fn main() -> ExitCode {
     let Command::Serve(args) = Cli::parse().command;
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,rdkafka=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,rdkafka=warn".into()),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -88,11 +89,14 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
         (StoreConfig::Postgres(_), TransportConfig::Kafka(servers)) => {
             tracing::info!(%servers, "sagaflow starting on PostgreSQL and Kafka");
         }
-        _ => tracing::info!(store = ?store_config_name(&store_config), transport = ?transport_config_name(&transport_config), "sagaflow starting"),
+        _ => {
+            tracing::info!(store = ?store_config_name(&store_config), transport = ?transport_config_name(&transport_config), "sagaflow starting")
+        }
     }
     if matches!(transport_config, TransportConfig::InProcess) && roles != Roles::ALL {
         return Err(StartError::Config(
-            "the in-process transport needs every role in one process; set KAFKA_BOOTSTRAP_SERVERS to split roles".into(),
+            "the in-process transport needs every role in one process; set KAFKA_BOOTSTRAP_SERVERS to split roles"
+                .into(),
         ));
     }
     let store = server::open_store(&store_config).await?;

@@ -24,10 +24,8 @@ pub fn recorder() -> PrometheusHandle {
 /// Records `http_request_duration_seconds{method, path, status}`.
 pub async fn track(request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let path = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let path =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().to_string();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();

@@ -23,7 +23,9 @@ impl WaitQuery {
     /// The wait as a duration, or a 400 when it is too long.
     pub fn duration(&self) -> ApiResult<Duration> {
         match self.wait {
-            Some(s) if s > MAX_WAIT_SECS => Err(ApiError::BadRequest(format!("wait may be at most {MAX_WAIT_SECS} seconds"))),
+            Some(s) if s > MAX_WAIT_SECS => {
+                Err(ApiError::BadRequest(format!("wait may be at most {MAX_WAIT_SECS} seconds")))
+            }
             Some(s) => Ok(Duration::from_secs(s)),
             None => Ok(Duration::ZERO),
         }

@@ -87,6 +87,7 @@ impl Coordinator {
         let events = saga::start(saga_id, definition.clone(), input, Utc::now());
         let commit = self.decision_commit(saga_id, &SagaState::default(), 0, &events, None, extra)?;
         self.store.commit(commit).await?;
+        metrics::counter!("sagaflow_sagas_started_total", "definition" => definition.name.clone()).increment(1);
         tracing::info!(saga_id = %saga_id, definition = %definition.name, version = definition.version, "saga started");
         Ok(saga_id)
     }
@@ -151,7 +152,7 @@ impl Coordinator {
             )?;
             match self.store.commit(commit).await {
                 Ok(_) => {
-                    log_decision(envelope.saga_id, &events);
+                    log_decision(envelope.saga_id, &view.state, &events);
                     return Ok(ReplyHandled::Applied);
                 }
                 Err(StoreError::AlreadyProcessed { .. }) => return Ok(ReplyHandled::Duplicate),
@@ -177,7 +178,7 @@ impl Coordinator {
             let commit = self.decision_commit(saga_id, &view.state, view.version, &events, None, Commit::default())?;
             match self.store.commit(commit).await {
                 Ok(_) => {
-                    log_decision(saga_id, &events);
+                    log_decision(saga_id, &view.state, &events);
                     return Ok(());
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) => continue,
@@ -262,12 +263,35 @@ impl Coordinator {
     }
 }
 
-fn log_decision(saga_id: Uuid, events: &[SagaEvent]) {
+/// Logs a decision and counts its outcomes.
+fn log_decision(saga_id: Uuid, before: &SagaState, events: &[SagaEvent]) {
+    let definition = before.definition.as_ref().map(|d| d.name.clone()).unwrap_or_default();
     for event in events {
         match event {
-            SagaEvent::SagaCompleted {} => tracing::info!(%saga_id, "saga completed"),
-            SagaEvent::SagaCompensated { reason } => tracing::info!(%saga_id, %reason, "saga compensated"),
-            SagaEvent::SagaFailed { reason } => tracing::error!(%saga_id, %reason, "saga failed; needs an operator"),
+            SagaEvent::SagaCompleted {} => {
+                metrics::counter!("sagaflow_sagas_completed_total", "definition" => definition.clone()).increment(1);
+                tracing::info!(%saga_id, "saga completed");
+            }
+            SagaEvent::SagaCompensated { reason } => {
+                metrics::counter!("sagaflow_sagas_compensated_total", "definition" => definition.clone()).increment(1);
+                tracing::info!(%saga_id, %reason, "saga compensated");
+            }
+            SagaEvent::SagaFailed { reason } => {
+                metrics::counter!("sagaflow_sagas_failed_total", "definition" => definition.clone()).increment(1);
+                tracing::error!(%saga_id, %reason, "saga failed; needs an operator");
+            }
+            SagaEvent::StepSucceeded { step, .. } | SagaEvent::StepFailed { step, .. } => {
+                // The attempt was sent when its deadline minus the step's timeout.
+                if let (Some(awaiting), Some(def)) = (&before.awaiting, before.definition.as_ref()) {
+                    if let Some(timeout) = def.steps.get(awaiting.step).map(|s| s.timeout_ms) {
+                        let sent =
+                            awaiting.deadline - chrono::Duration::milliseconds(i64::try_from(timeout).unwrap_or(0));
+                        let elapsed = (Utc::now() - sent).to_std().unwrap_or_default();
+                        metrics::histogram!("sagaflow_step_duration_seconds", "definition" => definition.clone(), "step" => step.clone())
+                            .record(elapsed.as_secs_f64());
+                    }
+                }
+            }
             SagaEvent::StepTimedOut { step, attempt, .. } => tracing::warn!(%saga_id, %step, attempt, "step timed out"),
             _ => tracing::debug!(%saga_id, ?event, "saga event"),
         }

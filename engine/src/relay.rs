@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_store::EventStore;
+use event_store::{EventStore, OutboxMessage};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
@@ -37,6 +37,10 @@ impl OutboxRelay {
     /// Publishes one batch; returns how many messages it published.
     pub async fn publish_batch(&self) -> Result<usize> {
         let claimed = self.store.claim_outbox(&self.relay_id, self.batch, self.lease).await?;
+        self.publish_claimed(&claimed).await
+    }
+
+    async fn publish_claimed(&self, claimed: &[OutboxMessage]) -> Result<usize> {
         if claimed.is_empty() {
             return Ok(0);
         }
@@ -45,6 +49,13 @@ impl OutboxRelay {
         let ids: Vec<u64> = claimed.iter().map(|m| m.id).collect();
         self.store.mark_published(&self.relay_id, &ids).await?;
         Ok(ids.len())
+    }
+
+    async fn report_pending(&self) {
+        if let Ok(pending) = self.store.outbox_pending().await {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("sagaflow_outbox_pending").set(pending as f64);
+        }
     }
 
     /// Publishes until the outbox is empty (or an error stops it).
@@ -64,14 +75,31 @@ impl OutboxRelay {
         let mut changes = self.store.changes();
         let mut failures = 0_u32;
         tracing::info!(relay = %self.relay_id, transport = self.transport.name(), "outbox relay started");
+        // A batch that failed to publish is retried before anything newer is claimed,
+        // so one saga's messages keep their order.
+        let mut unpublished: Vec<OutboxMessage> = Vec::new();
         while !cancel.is_cancelled() {
             changes.borrow_and_update();
-            match self.publish_batch().await {
-                Ok(n) if n == self.batch => {
-                    failures = 0;
-                    continue;
+            let result = if unpublished.is_empty() {
+                match self.store.claim_outbox(&self.relay_id, self.batch, self.lease).await {
+                    Ok(claimed) => {
+                        unpublished = claimed;
+                        self.publish_claimed(&unpublished).await
+                    }
+                    Err(e) => Err(e.into()),
                 }
-                Ok(_) => failures = 0,
+            } else {
+                self.publish_claimed(&unpublished).await
+            };
+            match result {
+                Ok(n) => {
+                    unpublished.clear();
+                    failures = 0;
+                    if n == self.batch {
+                        continue;
+                    }
+                    self.report_pending().await;
+                }
                 Err(err) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(relay = %self.relay_id, error = %err, failures, "outbox relay could not publish; will retry");

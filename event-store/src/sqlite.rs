@@ -222,7 +222,10 @@ fn limit_of(limit: usize) -> i64 {
 impl EventStore for SqliteEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
         validate_commit(&commit)?;
+        let started = std::time::Instant::now();
         let result = self.commit_tx(&commit).await?;
+        metrics::histogram!("sagaflow_append_duration_seconds", "backend" => "sqlite")
+            .record(started.elapsed().as_secs_f64());
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
         Ok(result)
     }

@@ -5,6 +5,7 @@
 //! `scripts/services.sh` starts both and prints them.
 
 pub mod contract;
+pub mod http;
 
 use std::future::Future;
 use std::sync::Arc;

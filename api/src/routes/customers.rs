@@ -76,7 +76,10 @@ pub async fn set_credit(
 /// A customer's credit.
 #[utoipa::path(get, path = "/customers/{id}/credit", tag = "customers", params(("id" = String, Path)),
     responses((status = 200, body = CreditResponse), (status = 404)))]
-pub async fn get_credit(State(state): State<AppState>, AppPath(id): AppPath<String>) -> ApiResult<Json<CreditResponse>> {
+pub async fn get_credit(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+) -> ApiResult<Json<CreditResponse>> {
     check_id("customer id", &id)?;
     let loaded = Repository::<CustomerCredit>::new(state.store).load(&id).await?;
     if loaded.state.limit.is_none() {

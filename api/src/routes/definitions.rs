@@ -27,6 +27,12 @@ pub async fn register(
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
     let registered = state.coordinator.registry().register(definition).await?;
     tracing::info!(name = %registered.name, version = registered.version, "saga definition registered");
+    // Participants outside this process consume their command topics: create them now.
+    let topics: Vec<String> =
+        registered.participants().iter().map(|p| state.coordinator.topics().commands(p)).collect();
+    if let Err(err) = state.transport.ensure_topics(&topics).await {
+        tracing::warn!(error = %err, ?topics, "cannot create command topics yet; the relay creates them on first publish");
+    }
     Ok((StatusCode::CREATED, Json(Registered { name: registered.name.clone(), version: registered.version })))
 }
 

@@ -51,7 +51,12 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     };
     let checks = vec![
         Check { name: "event-store".into(), backend: state.store.backend().into(), ok: store.is_none(), error: store },
-        Check { name: "transport".into(), backend: state.transport.name().into(), ok: transport.is_none(), error: transport },
+        Check {
+            name: "transport".into(),
+            backend: state.transport.name().into(),
+            ok: transport.is_none(),
+            error: transport,
+        },
     ];
     let ok = checks.iter().all(|c| c.ok);
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -61,7 +61,10 @@ pub async fn set_stock(
 /// A SKU's stock.
 #[utoipa::path(get, path = "/inventory/{sku}", tag = "inventory", params(("sku" = String, Path)),
     responses((status = 200, body = InventoryResponse), (status = 404)))]
-pub async fn get_stock(State(state): State<AppState>, AppPath(sku): AppPath<String>) -> ApiResult<Json<InventoryResponse>> {
+pub async fn get_stock(
+    State(state): State<AppState>,
+    AppPath(sku): AppPath<String>,
+) -> ApiResult<Json<InventoryResponse>> {
     check_id("sku", &sku)?;
     let loaded = Repository::<Inventory>::new(state.store).load(&sku).await?;
     if loaded.version == 0 {

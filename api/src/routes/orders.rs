@@ -65,7 +65,11 @@ fn replay(record: IdempotencyRecord, fingerprint: &str) -> ApiResult<Response> {
 #[utoipa::path(post, path = "/orders", tag = "orders", request_body = NewOrder,
     params(("Idempotency-Key" = Option<String>, Header, description = "makes retries safe")),
     responses((status = 202, body = SubmitResponse, headers(("Location" = String))), (status = 400), (status = 422)))]
-pub async fn submit(State(state): State<AppState>, headers: HeaderMap, AppJson(order): AppJson<NewOrder>) -> ApiResult<Response> {
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    AppJson(order): AppJson<NewOrder>,
+) -> ApiResult<Response> {
     let problems = order.problems();
     if !problems.is_empty() {
         return Err(ApiError::invalid(format!("the order has {} problem(s)", problems.len()), problems));
@@ -82,7 +86,8 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, AppJson(o
         return replay(record, &fingerprint);
     }
     let record = json!({ "fingerprint": fingerprint, "response": response });
-    let claim = Commit::append(stream.clone(), ExpectedVersion::NoStream, vec![NewEvent::new("RequestAccepted", record)]);
+    let claim =
+        Commit::append(stream.clone(), ExpectedVersion::NoStream, vec![NewEvent::new("RequestAccepted", record)]);
     match state.orders.submit_with(order, saga_id, claim).await {
         Ok(_) => Ok(accepted(&response)),
         // A concurrent request with the same key won; nothing of ours was written.

@@ -119,7 +119,8 @@ pub async fn get_saga(
     let wait = query.duration()?;
     let saga_id = parse_id(&id)?;
     let view = until_terminal(state.store.as_ref(), wait, || async {
-        let view = state.coordinator.load(saga_id).await?.ok_or_else(|| ApiError::NotFound(format!("no saga '{id}'")))?;
+        let view =
+            state.coordinator.load(saga_id).await?.ok_or_else(|| ApiError::NotFound(format!("no saga '{id}'")))?;
         let terminal = view.state.status.is_terminal();
         Ok((view, terminal))
     })
@@ -130,7 +131,10 @@ pub async fn get_saga(
 /// The saga's own event stream: its audit log.
 #[utoipa::path(get, path = "/sagas/{id}/events", tag = "sagas", params(("id" = String, Path)),
     responses((status = 200, body = Vec<EventResponse>), (status = 404)))]
-pub async fn events(State(state): State<AppState>, AppPath(id): AppPath<String>) -> ApiResult<Json<Vec<EventResponse>>> {
+pub async fn events(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+) -> ApiResult<Json<Vec<EventResponse>>> {
     let saga_id = parse_id(&id)?;
     let events = state.store.read_stream_to_end(&engine::coordinator::saga_stream(saga_id), 1).await?;
     if events.is_empty() {
@@ -173,10 +177,8 @@ pub async fn list(State(state): State<AppState>, AppQuery(query): AppQuery<ListQ
         for id in &ids {
             let Some(view) = state.coordinator.load(*id).await? else { continue };
             let status_ok = query.status.is_none_or(|s| s == view.state.status);
-            let name_ok = query
-                .definition
-                .as_deref()
-                .is_none_or(|n| view.state.definition.as_ref().is_some_and(|d| d.name == n));
+            let name_ok =
+                query.definition.as_deref().is_none_or(|n| view.state.definition.as_ref().is_some_and(|d| d.name == n));
             if status_ok && name_ok {
                 sagas.push(saga_response(*id, view));
                 if sagas.len() == limit {
