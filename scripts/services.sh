@@ -51,7 +51,7 @@ wait_port() {
 }
 
 # --- build prerequisites for rdkafka's cmake-build -------------------------
-apt_install cmake libcurl4-openssl-dev pkg-config build-essential
+"$ROOT/scripts/build-deps.sh"
 
 # --- PostgreSQL 15 ------------------------------------------------------------
 apt_install postgresql
