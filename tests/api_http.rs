@@ -168,6 +168,8 @@ mod routes {
         assert_eq!(s.call(Method::GET, "/sagas?status=SLEEPING", None).await.0, 400);
 
         assert_eq!(s.call(Method::POST, "/sagas", Some(json!({ "definition": "nothing", "input": {} }))).await.0, 404);
+        let forged = json!({ "definition": "order-fulfilment", "input": { "total": "-1000000" } });
+        assert_eq!(s.call(Method::POST, "/sagas", Some(forged)).await.0, 422, "orders go through POST /orders");
         assert_eq!(s.call(Method::POST, "/sagas", Some(json!({ "input": {} }))).await.0, 422);
         assert_eq!(s.call(Method::GET, "/sagas/01a2a2a2-0000-7000-8000-000000000000", None).await.0, 404);
         assert_eq!(s.call(Method::GET, "/sagas/01a2a2a2-0000-7000-8000-000000000000/events", None).await.0, 404);
@@ -256,6 +258,16 @@ mod routes {
         assert_eq!(s.call(Method::POST, "/streams/ledger-2/events", Some(bogus)).await.0, 422);
         let empty = json!({ "expected_version": "any", "events": [] });
         assert_eq!(s.call(Method::POST, "/streams/ledger-2/events", Some(empty)).await.0, 422);
+        let nul = json!({ "expected_version": "any", "events": [{ "type": "X", "data": { "s": "a\u{0}b" } }] });
+        let (status, body) = s.call(Method::POST, "/streams/ledger-2/events", Some(nul)).await;
+        assert_eq!(status, 422, "{body}");
+        let id = "0190a5b2-0000-7000-8000-00000000eeee";
+        let twice = json!({ "expected_version": "any", "events": [{ "event_id": id, "type": "X", "data": {} }, { "event_id": id, "type": "X", "data": {} }] });
+        assert_eq!(s.call(Method::POST, "/streams/ledger-2/events", Some(twice)).await.0, 422);
+        let huge = json!({ "expected_version": "any", "events": [{ "type": "X", "data": { "s": "x".repeat(2 * 1024 * 1024) } }] });
+        let (status, body) = s.call(Method::POST, "/streams/ledger-2/events", Some(huge)).await;
+        assert_eq!((status, problem_type(&body)), (413, "urn:sagaflow:problem:payload-too-large"));
+        assert_eq!(s.call(Method::GET, "/streams/ledger-2/events", None).await.0, 404, "nothing was written");
         s.stop().await;
     }
 

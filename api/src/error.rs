@@ -25,6 +25,8 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
     Engine(#[from] engine::Error),
@@ -125,6 +127,7 @@ impl ApiError {
                 extra: json!({ "actual_version": actual_version }),
             },
             Self::UnsupportedMediaType(_) => simple(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
+            Self::PayloadTooLarge(_) => simple(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             Self::Unavailable(_) => simple(StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Engine(e) => engine_problem(e),
             Self::Store(e) => store_problem(e),
@@ -158,6 +161,7 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => {
                 Self::UnsupportedMediaType("expected a body with Content-Type: application/json".into())
             }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge(other.body_text()),
             other => Self::BadRequest(other.body_text()),
         }
     }

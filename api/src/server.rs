@@ -120,6 +120,9 @@ pub async fn start(
         participants,
         group_prefix,
         timer_poll: Duration::from_millis(100),
+        // The in-process transport means one process owns the store: its relay keeps one id,
+        // so after a crash the next start takes over the claims at once.
+        relay_id: (transport.name() == "in-process").then(|| "embedded".to_owned()),
     };
     let runtime = Runtime::start(Arc::clone(&store), Arc::clone(&transport), Arc::clone(&coordinator), config).await?;
     let orders = Arc::new(OrderService::new(Arc::clone(&coordinator), Arc::clone(&store)));

@@ -138,8 +138,15 @@ impl Coordinator {
             result,
         };
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let Some(view) = self.load(envelope.saga_id).await? else {
-                return self.dead_letter(delivery, &format!("no saga with id {}", envelope.saga_id)).await;
+            let view = match self.load(envelope.saga_id).await {
+                Ok(Some(view)) => view,
+                Ok(None) => return self.dead_letter(delivery, &format!("no saga with id {}", envelope.saga_id)).await,
+                // A saga stream that cannot be read would block its partition forever.
+                Err(err @ Error::Decode { .. }) => {
+                    tracing::error!(saga_id = %envelope.saga_id, error = %err, "saga stream cannot be read");
+                    return self.dead_letter(delivery, &format!("saga stream cannot be read: {err}")).await;
+                }
+                Err(err) => return Err(err),
             };
             let events = view.state.on_reply(&reply, Utc::now());
             let commit = self.decision_commit(
@@ -169,11 +176,29 @@ impl Coordinator {
             return self.set_timer(key, None).await;
         };
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let Some(view) = self.load(saga_id).await? else { return self.set_timer(key, None).await };
+            let view = match self.load(saga_id).await {
+                Ok(Some(view)) => view,
+                Ok(None) => return self.set_timer(key, None).await,
+                Err(err @ Error::Decode { .. }) => {
+                    tracing::error!(%saga_id, error = %err, "saga stream cannot be read; dropping its timer");
+                    return self.set_timer(key, None).await;
+                }
+                Err(err) => return Err(err),
+            };
             let events = view.state.on_timer(now);
             if events.is_empty() {
-                // The timer is stale (the saga moved on): align it with the saga.
-                return self.set_timer(key, view.state.next_wakeup()).await;
+                // The timer is stale (the saga moved on): align it with the saga, unless the
+                // saga changed meanwhile (then its own commit set the right timer).
+                let change = match view.state.next_wakeup() {
+                    Some(due_at) => TimerChange::Set { key: key.to_owned(), due_at },
+                    None => TimerChange::Cancel { key: key.to_owned() },
+                };
+                let guarded = Commit::append(saga_stream(saga_id), ExpectedVersion::Exact(view.version), Vec::new())
+                    .with_timer(change);
+                return match self.store.commit(guarded).await {
+                    Ok(_) | Err(StoreError::WrongExpectedVersion { .. }) => Ok(()),
+                    Err(e) => Err(e.into()),
+                };
             }
             let commit = self.decision_commit(saga_id, &view.state, view.version, &events, None, Commit::default())?;
             match self.store.commit(commit).await {

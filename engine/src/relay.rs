@@ -2,14 +2,20 @@
 //! and marks them published. Several relays may run; leases keep them from publishing
 //! the same message at the same time.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_store::{EventStore, OutboxMessage};
+use event_store::{EventStore, OutboxMessage, OutgoingMessage};
 use tokio_util::sync::CancellationToken;
 
+use crate::envelope::{HEADER_DLQ_REASON, HEADER_DLQ_SOURCE};
 use crate::error::Result;
 use crate::transport::Transport;
+
+/// After this many failed tries of one batch, while the transport answers, the relay looks
+/// for the message that cannot be published.
+const POISON_AFTER_FAILURES: u32 = 5;
 
 /// Moves messages from the store's outbox to the transport.
 pub struct OutboxRelay {
@@ -19,19 +25,36 @@ pub struct OutboxRelay {
     batch: usize,
     lease: Duration,
     idle_poll: Duration,
+    dead_letter_topic: Option<String>,
 }
 
 impl OutboxRelay {
-    /// A relay with a unique id, batches of 200 and 30 s leases.
+    /// A relay with a unique id, batches of 200 and leases (2 min) longer than a publish may take.
     pub fn new(store: Arc<dyn EventStore>, transport: Arc<dyn Transport>) -> Self {
         Self {
             store,
             transport,
             relay_id: format!("relay-{}", uuid::Uuid::now_v7()),
             batch: 200,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(120),
             idle_poll: Duration::from_millis(250),
+            dead_letter_topic: None,
         }
+    }
+
+    /// Uses a stable relay id. Only for a relay that is alone on its store (the embedded
+    /// mode): after a crash, its successor takes over its claims at once.
+    #[must_use]
+    pub fn with_id(mut self, relay_id: String) -> Self {
+        self.relay_id = relay_id;
+        self
+    }
+
+    /// Where a message that cannot be published at all is reported instead.
+    #[must_use]
+    pub fn with_dead_letter_topic(mut self, topic: String) -> Self {
+        self.dead_letter_topic = Some(topic);
+        self
     }
 
     /// Publishes one batch; returns how many messages it published.
@@ -51,11 +74,34 @@ impl OutboxRelay {
         Ok(ids.len())
     }
 
-    async fn report_pending(&self) {
-        if let Ok(pending) = self.store.outbox_pending().await {
-            #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!("sagaflow_outbox_pending").set(pending as f64);
+    /// Publishes a failing batch message by message; a message that fails alone while the
+    /// transport answers is replaced by a dead-letter record (its row stays in the outbox).
+    async fn isolate_poison(&self, claimed: &[OutboxMessage]) -> Result<usize> {
+        self.transport.ping().await?;
+        let Some(dead_letter_topic) = &self.dead_letter_topic else {
+            return self.publish_claimed(claimed).await;
+        };
+        for message in claimed {
+            if let Err(err) = self.publish_claimed(std::slice::from_ref(message)).await {
+                tracing::error!(relay = %self.relay_id, outbox_id = message.id, topic = %message.message.topic, error = %err,
+                    "outbox message cannot be published; dead-lettering a record of it");
+                let record = OutgoingMessage {
+                    topic: dead_letter_topic.clone(),
+                    key: message.message.key.clone(),
+                    payload: Vec::new(),
+                    headers: BTreeMap::from([
+                        (
+                            HEADER_DLQ_REASON.to_owned(),
+                            format!("cannot publish ({} bytes): {err}", message.message.payload.len()),
+                        ),
+                        (HEADER_DLQ_SOURCE.to_owned(), format!("outbox:{}:{}", message.id, message.message.topic)),
+                    ]),
+                };
+                self.transport.publish(&[record]).await?;
+                self.store.mark_published(&self.relay_id, &[message.id]).await?;
+            }
         }
+        Ok(claimed.len())
     }
 
     /// Publishes until the outbox is empty (or an error stops it).
@@ -70,6 +116,19 @@ impl OutboxRelay {
         }
     }
 
+    async fn step(&self, unpublished: &mut Vec<OutboxMessage>, failures: u32) -> Result<usize> {
+        if unpublished.is_empty() {
+            *unpublished = self.store.claim_outbox(&self.relay_id, self.batch, self.lease).await?;
+        }
+        let n = if failures >= POISON_AFTER_FAILURES {
+            self.isolate_poison(unpublished).await?
+        } else {
+            self.publish_claimed(unpublished).await?
+        };
+        unpublished.clear();
+        Ok(n)
+    }
+
     /// Runs until cancelled, then flushes what is left.
     pub async fn run(self, cancel: CancellationToken) {
         let mut changes = self.store.changes();
@@ -78,22 +137,14 @@ impl OutboxRelay {
         // A batch that failed to publish is retried before anything newer is claimed,
         // so one saga's messages keep their order.
         let mut unpublished: Vec<OutboxMessage> = Vec::new();
-        while !cancel.is_cancelled() {
+        loop {
             changes.borrow_and_update();
-            let result = if unpublished.is_empty() {
-                match self.store.claim_outbox(&self.relay_id, self.batch, self.lease).await {
-                    Ok(claimed) => {
-                        unpublished = claimed;
-                        self.publish_claimed(&unpublished).await
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            } else {
-                self.publish_claimed(&unpublished).await
+            let result = tokio::select! {
+                () = cancel.cancelled() => break,
+                result = self.step(&mut unpublished, failures) => result,
             };
             match result {
                 Ok(n) => {
-                    unpublished.clear();
                     failures = 0;
                     if n == self.batch {
                         continue;
@@ -116,9 +167,18 @@ impl OutboxRelay {
         match tokio::time::timeout(Duration::from_secs(10), self.flush()).await {
             Ok(Ok(n)) => tracing::info!(relay = %self.relay_id, flushed = n, "outbox relay stopped"),
             Ok(Err(err)) => {
-                tracing::warn!(relay = %self.relay_id, error = %err, "outbox relay stopped before the outbox was empty")
+                tracing::info!(relay = %self.relay_id, error = %err, "outbox relay stopped; the rest stays in the outbox");
             }
-            Err(_) => tracing::warn!(relay = %self.relay_id, "outbox relay flush timed out"),
+            Err(_) => {
+                tracing::warn!(relay = %self.relay_id, "outbox relay flush timed out; the rest stays in the outbox")
+            }
+        }
+    }
+
+    async fn report_pending(&self) {
+        if let Ok(pending) = self.store.outbox_pending().await {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("sagaflow_outbox_pending").set(pending as f64);
         }
     }
 }

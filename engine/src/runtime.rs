@@ -28,6 +28,8 @@ pub struct RuntimeConfig {
     /// Consumer group ids are `<group_prefix>coordinator` and `<group_prefix>participant.<name>`.
     pub group_prefix: String,
     pub timer_poll: Duration,
+    /// A stable relay id, for a process that is alone on its store (embedded mode).
+    pub relay_id: Option<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -38,6 +40,7 @@ impl Default for RuntimeConfig {
             participants: Vec::new(),
             group_prefix: "sagaflow.".to_owned(),
             timer_poll: Duration::from_millis(100),
+            relay_id: None,
         }
     }
 }
@@ -83,7 +86,11 @@ impl Runtime {
             tasks.push(tokio::spawn(run_consumer(group, consumer, runtime, cancel.clone())));
         }
         if config.relay {
-            let relay = OutboxRelay::new(Arc::clone(&store), Arc::clone(&transport));
+            let mut relay = OutboxRelay::new(Arc::clone(&store), Arc::clone(&transport))
+                .with_dead_letter_topic(topics.dead_letter());
+            if let Some(id) = config.relay_id {
+                relay = relay.with_id(id);
+            }
             tasks.push(tokio::spawn(relay.run(cancel.clone())));
         }
         Ok(Self { cancel, tasks })

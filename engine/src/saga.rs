@@ -556,7 +556,18 @@ impl SagaState {
                 Phase::Forward => {
                     d.emit(SagaEvent::StepTimedOut { step: step.clone(), attempt, message_id: awaiting.message_id });
                     if !d.retry(index, Phase::Forward, attempt) {
-                        d.begin_compensation(index, format!("step '{step}' timed out after {attempt} attempt(s)"));
+                        let compensable = self.step_def(index).is_some_and(|s| s.compensation.is_some());
+                        if compensable {
+                            d.begin_compensation(index, format!("step '{step}' timed out after {attempt} attempt(s)"));
+                        } else {
+                            // The pivot may still take effect: undoing the steps before it could
+                            // leave it applied with nothing under it. An operator must decide.
+                            d.emit(SagaEvent::SagaFailed {
+                                reason: format!(
+                                    "pivot step '{step}' timed out after {attempt} attempt(s); its outcome is unknown and it cannot be compensated"
+                                ),
+                            });
+                        }
                     }
                 }
                 Phase::Compensation => {
@@ -745,6 +756,22 @@ mod tests {
         assert_eq!(saga.ok(json!({})), ["StepCompensated", "CompensationSent"]);
         assert_eq!(saga.state.command_for(saga.log.last().unwrap()).unwrap().command_type, "UndoA");
         assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
+    }
+
+    #[test]
+    fn a_pivot_that_times_out_fails_the_saga_instead_of_compensating_around_it() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("pivot", None, 1)]);
+        saga.ok(json!({}));
+        assert_eq!(saga.timer(5), ["StepTimedOut", "SagaFailed"]);
+        assert!(saga.state.reason.as_deref().unwrap().contains("outcome is unknown"));
+        assert_eq!(saga.state.steps[0].status, StepStatus::Succeeded, "nothing undone under the pivot");
+    }
+
+    #[test]
+    fn a_pivot_that_refuses_compensates_the_steps_before_it() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("pivot", None, 1)]);
+        saga.ok(json!({}));
+        assert_eq!(saga.fail("no", false), ["StepFailed", "CompensationStarted", "CompensationSent"]);
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl EventStore for MemoryEventStore {
             if claimed.len() >= limit {
                 break;
             }
-            if entry.published || entry.claim.as_ref().is_some_and(|(_, until)| *until >= now) {
+            if entry.published || entry.claim.as_ref().is_some_and(|(by, until)| *until >= now && by != relay_id) {
                 continue;
             }
             entry.claim = Some((relay_id.to_owned(), until));

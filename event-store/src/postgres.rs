@@ -370,7 +370,7 @@ impl EventStore for PgEventStore {
             "UPDATE outbox SET claimed_by = $1, claimed_until = now() + $2 * interval '1 millisecond'
              WHERE id IN (
                SELECT id FROM outbox
-               WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < now())
+               WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < now() OR claimed_by = $1)
                ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
              RETURNING id, topic, msg_key, payload, headers, created_at",
         )

@@ -315,13 +315,15 @@ impl EventStore for SqliteEventStore {
         let _writer = self.write.lock().await;
         let rows = sqlx::query(
             "UPDATE outbox SET claimed_by = ?, claimed_until = ?
-             WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?)
+             WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL
+                            AND (claimed_until IS NULL OR claimed_until < ? OR claimed_by = ?)
                           ORDER BY id LIMIT ?)
              RETURNING id, topic, msg_key, payload, headers, created_at",
         )
         .bind(relay_id)
         .bind(until)
         .bind(now)
+        .bind(relay_id)
         .bind(limit_of(limit))
         .fetch_all(&self.pool)
         .await?;

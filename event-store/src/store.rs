@@ -38,7 +38,8 @@ pub trait EventStore: Send + Sync + 'static {
     async fn load_snapshot(&self, stream_id: &str, max_version: Option<u64>) -> Result<Option<Snapshot>>;
 
     /// Claims up to `limit` unpublished outbox messages, in outbox order, for `lease`.
-    /// A message claimed by one relay is not handed to another until its lease ends.
+    /// A message claimed by one relay is not handed to another until its lease ends; the
+    /// same relay id may claim it again (a restarted single-process relay keeps its id).
     async fn claim_outbox(&self, relay_id: &str, limit: usize, lease: Duration) -> Result<Vec<OutboxMessage>>;
 
     /// Marks messages claimed by `relay_id` as published.
@@ -90,13 +91,24 @@ pub trait EventStoreExt: EventStore {
 
 impl<T: EventStore + ?Sized> EventStoreExt for T {}
 
+/// Refuses what no backend can store faithfully, before any work is done.
 pub(crate) fn validate_commit(commit: &Commit) -> Result<()> {
+    let mut event_ids = std::collections::HashSet::new();
     for append in &commit.appends {
-        if append.stream_id.is_empty() || append.stream_id.len() > 512 {
-            return Err(Error::Invalid("stream id must be 1..=512 characters".into()));
+        if append.stream_id.is_empty() || append.stream_id.len() > 512 || append.stream_id.contains('\0') {
+            return Err(Error::Invalid("stream id must be 1..=512 characters, without NUL".into()));
         }
-        if append.events.iter().any(|e| e.event_type.is_empty()) {
-            return Err(Error::Invalid(format!("an event for '{}' has an empty type", append.stream_id)));
+        for event in &append.events {
+            if event.event_type.is_empty() || event.event_type.contains('\0') {
+                return Err(Error::Invalid(format!("an event for '{}' has an empty type or a NUL", append.stream_id)));
+            }
+            if !event_ids.insert(event.event_id) {
+                return Err(Error::Invalid(format!("event id {} appears twice in one commit", event.event_id)));
+            }
+            // PostgreSQL's jsonb cannot hold U+0000; refuse it everywhere alike.
+            if has_nul(&event.data) || has_nul(&event.metadata) {
+                return Err(Error::Invalid(format!("event data for '{}' contains a NUL character", append.stream_id)));
+            }
         }
     }
     let mut ids: Vec<&str> = commit.appends.iter().map(|a| a.stream_id.as_str()).collect();
@@ -105,4 +117,13 @@ pub(crate) fn validate_commit(commit: &Commit) -> Result<()> {
         return Err(Error::Invalid("a commit may append to a stream only once".into()));
     }
     Ok(())
+}
+
+fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }

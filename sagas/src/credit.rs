@@ -20,7 +20,8 @@ pub struct CustomerCredit {
 impl CustomerCredit {
     /// Credit not reserved by any order.
     pub fn available(&self) -> Decimal {
-        self.limit.unwrap_or_default() - self.reservations.values().copied().sum::<Decimal>()
+        let reserved = self.reservations.values().fold(Decimal::ZERO, |sum, a| sum.saturating_add(*a));
+        self.limit.unwrap_or_default().saturating_sub(reserved)
     }
 }
 
@@ -73,6 +74,9 @@ impl Aggregate for CustomerCredit {
                 }
                 if self.refunded.contains(order_id) {
                     return Err(format!("order {order_id} was already refunded"));
+                }
+                if amount.is_sign_negative() {
+                    return Err("a payment cannot be negative".into());
                 }
                 if *amount > self.available() {
                     return Err(format!(

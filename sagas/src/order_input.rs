@@ -94,6 +94,22 @@ impl NewOrder {
     }
 }
 
+impl OrderInput {
+    /// Every problem with an order as a participant receives it: the same rules as a
+    /// submitted order, and a total that is the sum of its lines.
+    pub fn problems(&self) -> Vec<String> {
+        let order = NewOrder { customer_id: self.customer_id.clone(), items: self.items.clone() };
+        let mut problems = order.problems();
+        if !valid_id(&self.order_id) {
+            problems.push("order_id must be a valid id".to_owned());
+        }
+        if problems.is_empty() && order.total() != self.total {
+            problems.push(format!("total {} is not the sum of the lines ({})", self.total, order.total()));
+        }
+        problems
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +124,15 @@ mod tests {
         let order = NewOrder { customer_id: "c-1".into(), items: vec![line("A", 3, "0.10"), line("B", 1, "0.20")] };
         assert!(order.problems().is_empty());
         assert_eq!(order.total(), Decimal::from_str("0.50").unwrap());
+    }
+
+    #[test]
+    fn a_forged_total_is_refused() {
+        let order = NewOrder { customer_id: "c".into(), items: vec![line("A", 1, "2.00")] };
+        let mut input = order.into_input("o-1".into());
+        assert!(input.problems().is_empty());
+        input.total = Decimal::from_str("-1000000").unwrap();
+        assert!(input.problems()[0].contains("not the sum"));
     }
 
     #[test]

@@ -97,7 +97,10 @@ impl OrderService {
         let order = self.orders.load(order_id).await?;
         // Terminal only once the saga is: a rejected order's stock is released by then.
         let (status, reason) = match (saga.state.status, order.state.status) {
-            (SagaStatus::Completed, OrderStatus::Approved) => (OrderViewStatus::Approved, None),
+            // Approval is the pivot: once the order is approved it stays approved.
+            (SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed, OrderStatus::Approved) => {
+                (OrderViewStatus::Approved, None)
+            }
             (SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed, OrderStatus::Cancelled) => {
                 (OrderViewStatus::Rejected, order.state.reason.clone())
             }

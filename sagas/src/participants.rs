@@ -22,8 +22,14 @@ pub const ORDERS: &str = "orders";
 pub const PAYMENTS: &str = "payments";
 
 fn order_input(command: &Envelope) -> Result<OrderInput> {
-    serde_json::from_value(command.payload.clone())
-        .map_err(|e| Error::Invalid(format!("{} payload is not an order: {e}", command.message_type)))
+    let input: OrderInput = serde_json::from_value(command.payload.clone())
+        .map_err(|e| Error::Invalid(format!("{} payload is not an order: {e}", command.message_type)))?;
+    let problems = input.problems();
+    if problems.is_empty() {
+        Ok(input)
+    } else {
+        Err(Error::Invalid(format!("{} payload is not a valid order: {}", command.message_type, problems.join("; "))))
+    }
 }
 
 fn unknown(participant: &str, command: &Envelope) -> Error {
@@ -161,4 +167,50 @@ pub fn builtin(store: &Arc<dyn EventStore>) -> Vec<(&'static str, Arc<dyn Comman
         (ORDERS, Arc::new(OrdersParticipant::new(Arc::clone(store)))),
         (PAYMENTS, Arc::new(PaymentsParticipant::new(Arc::clone(store)))),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::envelope::MessageKind;
+    use event_store::memory::MemoryEventStore;
+
+    fn command(message_type: &str, payload: Value) -> Envelope {
+        Envelope {
+            message_id: "m".into(),
+            saga_id: uuid::Uuid::now_v7(),
+            kind: MessageKind::Command,
+            step: "s".into(),
+            message_type: message_type.into(),
+            attempt: 1,
+            in_reply_to: None,
+            reply_to: None,
+            payload,
+            outcome: None,
+            sent_at: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forged_negative_total_cannot_mint_credit() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        Repository::<CustomerCredit>::new(Arc::clone(&store))
+            .execute("c", &CreditCommand::SetLimit { limit: rust_decimal::Decimal::from(10) })
+            .await
+            .unwrap();
+        let forged = json!({"order_id": "o", "customer_id": "c", "items": [{"sku": "A", "quantity": 1, "unit_price": "1.00"}], "total": "-1000000"});
+        let err =
+            PaymentsParticipant::new(Arc::clone(&store)).decide(&command("ProcessPayment", forged)).await.unwrap_err();
+        assert!(err.to_string().contains("not the sum"), "{err}");
+        let credit = Repository::<CustomerCredit>::new(store).load("c").await.unwrap().state;
+        assert_eq!(credit.available(), rust_decimal::Decimal::from(10));
+    }
+
+    #[tokio::test]
+    async fn unknown_commands_are_refused_not_crashed_on() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        let input = json!({"order_id": "o", "customer_id": "c", "items": [{"sku": "A", "quantity": 1, "unit_price": "1.00"}], "total": "1.00"});
+        let err = OrdersParticipant::new(store).decide(&command("Teleport", input)).await.unwrap_err();
+        assert!(err.to_string().contains("does not handle 'Teleport'"), "{err}");
+    }
 }

@@ -97,6 +97,7 @@ impl OrderHarness {
             },
             group_prefix: format!("{}.g{generation}.", self.prefix),
             timer_poll: Duration::from_millis(50),
+            relay_id: None,
         };
         Runtime::start(Arc::clone(&self.store), Arc::clone(&self.transport), Arc::clone(&self.coordinator), config)
             .await

@@ -96,6 +96,9 @@ pub fn saga_response(saga_id: Uuid, view: SagaView) -> SagaResponse {
 #[utoipa::path(post, path = "/sagas", tag = "sagas", request_body = StartSaga,
     responses((status = 202, body = Started, headers(("Location" = String))), (status = 400), (status = 404), (status = 422)))]
 pub async fn start(State(state): State<AppState>, AppJson(request): AppJson<StartSaga>) -> ApiResult<Response> {
+    if request.definition == ::sagas::definitions::ORDER_FULFILMENT {
+        return Err(ApiError::invalid("orders are submitted with POST /orders, which validates them", vec![]));
+    }
     if serde_json::to_vec(&request.input).map(|b| b.len()).unwrap_or(0) > 256 * 1024 {
         return Err(ApiError::invalid("input must be at most 256 KiB of JSON", vec![]));
     }

@@ -1,24 +1,35 @@
 //! A transport inside one process, for unit tests and the embedded mode.
 //!
 //! Every consumer group has its own queue per topic; members of a group compete for its
-//! messages. Messages published before any group subscribed to a topic wait for the first.
+//! messages. `publish` returns only once every subscribed group has committed the message,
+//! so the outbox relay marks a message published only after its effect is durable: after a
+//! crash or restart, whatever was in flight is still in the outbox and is published again
+//! (and deduplicated by its consumers). Messages for a topic no group subscribes to (say,
+//! the dead-letter topic) are kept in memory for the first group that does.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use event_store::OutgoingMessage;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{Consumer, Delivery, Transport};
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+struct Queued {
+    delivery: Delivery,
+    ack: Option<oneshot::Sender<()>>,
+}
 
 #[derive(Default)]
 struct Inner {
     /// (group, topic) → queue.
-    queues: HashMap<(String, String), VecDeque<Delivery>>,
+    queues: HashMap<(String, String), VecDeque<Queued>>,
     /// topic → groups subscribed.
     groups: HashMap<String, BTreeSet<String>>,
+    /// group → consumers alive.
+    live: HashMap<String, usize>,
     /// topic → messages no group has seen yet.
     unclaimed: HashMap<String, VecDeque<Delivery>>,
     offsets: HashMap<String, i64>,
@@ -55,30 +66,47 @@ impl Transport for InProcessTransport {
     }
 
     async fn publish(&self, messages: &[OutgoingMessage]) -> Result<()> {
-        let mut inner = self.lock();
-        for message in messages {
-            let offset = inner.offsets.entry(message.topic.clone()).or_insert(0);
-            let delivery = Delivery {
-                topic: message.topic.clone(),
-                partition: 0,
-                offset: *offset,
-                key: Some(message.key.clone()),
-                payload: message.payload.clone(),
-                headers: message.headers.clone(),
-            };
-            *offset += 1;
-            let groups: Vec<String> =
-                inner.groups.get(&message.topic).map(|g| g.iter().cloned().collect()).unwrap_or_default();
-            if groups.is_empty() {
-                inner.unclaimed.entry(message.topic.clone()).or_default().push_back(delivery);
-                continue;
+        let mut acks = Vec::new();
+        {
+            let mut inner = self.lock();
+            // Refuse the whole batch while a subscribed group has no live member: nobody
+            // would commit it, and it must stay in the outbox until somebody can.
+            for message in messages {
+                for group in inner.groups.get(&message.topic).into_iter().flatten() {
+                    if inner.live.get(group).copied().unwrap_or(0) == 0 {
+                        return Err(Error::Transport(format!("consumer group '{group}' has no live member")));
+                    }
+                }
             }
-            for group in groups {
-                inner.queues.entry((group, message.topic.clone())).or_default().push_back(delivery.clone());
+            for message in messages {
+                let offset = inner.offsets.entry(message.topic.clone()).or_insert(0);
+                let delivery = Delivery {
+                    topic: message.topic.clone(),
+                    partition: 0,
+                    offset: *offset,
+                    key: Some(message.key.clone()),
+                    payload: message.payload.clone(),
+                    headers: message.headers.clone(),
+                };
+                *offset += 1;
+                let groups: Vec<String> =
+                    inner.groups.get(&message.topic).map(|g| g.iter().cloned().collect()).unwrap_or_default();
+                if groups.is_empty() {
+                    inner.unclaimed.entry(message.topic.clone()).or_default().push_back(delivery);
+                    continue;
+                }
+                for group in groups {
+                    let (tx, rx) = oneshot::channel();
+                    acks.push(rx);
+                    let queued = Queued { delivery: delivery.clone(), ack: Some(tx) };
+                    inner.queues.entry((group, message.topic.clone())).or_default().push_back(queued);
+                }
             }
         }
-        drop(inner);
         self.published.send_modify(|n| *n = n.wrapping_add(1));
+        for ack in acks {
+            ack.await.map_err(|_| Error::Transport("a consumer stopped before committing a message".into()))?;
+        }
         Ok(())
     }
 
@@ -87,13 +115,19 @@ impl Transport for InProcessTransport {
         for topic in topics {
             let added = inner.groups.entry(topic.clone()).or_default().insert(group.to_owned());
             let backlog = if added { inner.unclaimed.remove(topic).unwrap_or_default() } else { VecDeque::new() };
-            inner.queues.entry((group.to_owned(), topic.clone())).or_default().extend(backlog);
+            inner
+                .queues
+                .entry((group.to_owned(), topic.clone()))
+                .or_default()
+                .extend(backlog.into_iter().map(|delivery| Queued { delivery, ack: None }));
         }
+        *inner.live.entry(group.to_owned()).or_insert(0) += 1;
         Ok(Box::new(InProcessConsumer {
             transport: self.clone(),
             group: group.to_owned(),
             topics: topics.to_vec(),
             published: self.published.subscribe(),
+            pending: HashMap::new(),
         }))
     }
 
@@ -111,6 +145,8 @@ struct InProcessConsumer {
     group: String,
     topics: Vec<String>,
     published: watch::Receiver<u64>,
+    /// Acknowledgements owed for received, not yet committed messages.
+    pending: HashMap<(String, i64), oneshot::Sender<()>>,
 }
 
 #[async_trait]
@@ -121,20 +157,97 @@ impl Consumer for InProcessConsumer {
             {
                 let mut inner = self.transport.lock();
                 for topic in &self.topics {
-                    if let Some(d) =
-                        inner.queues.get_mut(&(self.group.clone(), topic.clone())).and_then(VecDeque::pop_front)
-                    {
-                        return Ok(d);
+                    let key = (self.group.clone(), topic.clone());
+                    if let Some(queued) = inner.queues.get_mut(&key).and_then(VecDeque::pop_front) {
+                        if let Some(ack) = queued.ack {
+                            self.pending.insert((queued.delivery.topic.clone(), queued.delivery.offset), ack);
+                        }
+                        return Ok(queued.delivery);
                     }
                 }
             }
             if self.published.changed().await.is_err() {
-                return Err(crate::Error::Transport("in-process transport closed".into()));
+                return Err(Error::Transport("in-process transport closed".into()));
             }
         }
     }
 
-    async fn commit(&mut self, _delivery: &Delivery) -> Result<()> {
+    async fn commit(&mut self, delivery: &Delivery) -> Result<()> {
+        if let Some(ack) = self.pending.remove(&(delivery.topic.clone(), delivery.offset)) {
+            // The publisher may have given up waiting; that is fine.
+            let _ = ack.send(());
+        }
         Ok(())
+    }
+}
+
+impl Drop for InProcessConsumer {
+    fn drop(&mut self) {
+        let mut inner = self.transport.lock();
+        if let Some(n) = inner.live.get_mut(&self.group) {
+            *n = n.saturating_sub(1);
+        }
+        // Pending acknowledgements are dropped: their publishers see the message unprocessed.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn message(topic: &str, n: u8) -> OutgoingMessage {
+        OutgoingMessage { topic: topic.into(), key: "k".into(), payload: vec![n], headers: BTreeMap::new() }
+    }
+
+    #[tokio::test]
+    async fn publish_returns_once_the_consumer_commits() {
+        let transport = InProcessTransport::new();
+        let mut consumer = transport.subscribe("g", &["t".into()]).await.unwrap();
+        let publisher = tokio::spawn({
+            let transport = transport.clone();
+            async move { transport.publish(&[message("t", 1)]).await }
+        });
+        let delivery = consumer.recv().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!publisher.is_finished(), "not acknowledged before the commit");
+        consumer.commit(&delivery).await.unwrap();
+        publisher.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_stops_before_committing_fails_the_publish() {
+        let transport = InProcessTransport::new();
+        let mut consumer = transport.subscribe("g", &["t".into()]).await.unwrap();
+        let publisher = tokio::spawn({
+            let transport = transport.clone();
+            async move { transport.publish(&[message("t", 1)]).await }
+        });
+        consumer.recv().await.unwrap();
+        drop(consumer);
+        assert!(publisher.await.unwrap().is_err(), "the relay keeps the message in the outbox");
+        assert!(transport.publish(&[message("t", 2)]).await.is_err(), "no live member: refused");
+    }
+
+    #[tokio::test]
+    async fn groups_each_get_every_message_and_members_share_them() {
+        let transport = InProcessTransport::new();
+        let mut a1 = transport.subscribe("a", &["t".into()]).await.unwrap();
+        let mut a2 = transport.subscribe("a", &["t".into()]).await.unwrap();
+        let mut b = transport.subscribe("b", &["t".into()]).await.unwrap();
+        let publisher = tokio::spawn({
+            let transport = transport.clone();
+            async move { transport.publish(&[message("t", 1), message("t", 2)]).await }
+        });
+        let (x, y) = (a1.recv().await.unwrap(), a2.recv().await.unwrap());
+        assert_ne!(x.payload, y.payload, "members of a group compete");
+        a1.commit(&x).await.unwrap();
+        a2.commit(&y).await.unwrap();
+        for _ in 0..2 {
+            let d = b.recv().await.unwrap();
+            b.commit(&d).await.unwrap();
+        }
+        publisher.await.unwrap().unwrap();
     }
 }

@@ -1,0 +1,153 @@
+//! `cargo run --release -p sagaflow-tests --bin bench` prints Sagaflow's figures:
+//! event-store append rates and latencies (PostgreSQL, SQLite), and end-to-end order sagas
+//! per second with their latency, embedded and over PostgreSQL + Kafka. Needs
+//! `DATABASE_URL` and `KAFKA_BOOTSTRAP_SERVERS` for the PostgreSQL/Kafka figures
+//! (`eval "$(scripts/services.sh)"`); without them only the embedded figures are printed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::server::{self, Roles};
+use engine::coordinator::saga_stream;
+use engine::topics::Topics;
+use engine::transport::in_process::InProcessTransport;
+use engine::transport::Transport;
+use event_store::postgres::PgEventStore;
+use event_store::sqlite::SqliteEventStore;
+use event_store::{EventStore, EventStoreExt, ExpectedVersion, NewEvent};
+use rust_decimal::Decimal;
+use sagas::order_input::{NewOrder, OrderLine};
+use sagas::order_view::OrderViewStatus;
+use serde_json::json;
+use sqlx::{Connection, Executor, PgConnection};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn report(name: &str, count: usize, elapsed: Duration, mut latencies: Vec<Duration>) {
+    latencies.sort();
+    println!(
+        "{name:<44} {count:>6} in {:>7.2} s = {:>8.0}/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+    );
+}
+
+async fn appends(name: &str, store: Arc<dyn EventStore>, writers: usize, per_writer: usize) {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_writer);
+                for i in 0..per_writer {
+                    let begun = Instant::now();
+                    let event = NewEvent::new("Benchmarked", json!({ "writer": w, "i": i }));
+                    store
+                        .append(&format!("bench-{name}-{w}-{i}"), ExpectedVersion::NoStream, vec![event])
+                        .await
+                        .unwrap();
+                    latencies.push(begun.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    report(&format!("append, {name}, {writers} writer(s)"), writers * per_writer, start.elapsed(), latencies);
+}
+
+async fn orders(name: &str, store: Arc<dyn EventStore>, transport: Arc<dyn Transport>, count: usize) {
+    let prefix = format!("bench{}", uuid::Uuid::now_v7().simple());
+    let engine =
+        server::start(Arc::clone(&store), transport, Topics::new(prefix.clone()), Roles::ALL, format!("{prefix}."))
+            .await
+            .unwrap();
+    let state = engine.state.clone();
+    let repo = engine::Repository::<sagas::inventory::Inventory>::new(Arc::clone(&store));
+    repo.execute("B", &sagas::inventory::InventoryCommand::SetStock { available: 1_000_000 }).await.unwrap();
+    let credit = engine::Repository::<sagas::credit::CustomerCredit>::new(Arc::clone(&store));
+    credit
+        .execute("bench", &sagas::credit::CreditCommand::SetLimit { limit: Decimal::from(1_000_000_000) })
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let order = NewOrder {
+            customer_id: "bench".into(),
+            items: vec![OrderLine { sku: "B".into(), quantity: 1, unit_price: Decimal::new(199, 2) }],
+        };
+        ids.push(state.orders.submit(order).await.unwrap());
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for submitted in &ids {
+        loop {
+            let view = state.orders.view(&submitted.order_id).await.unwrap().unwrap();
+            if view.status.is_terminal() {
+                assert_eq!(view.status, OrderViewStatus::Approved);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let events = store.read_stream_to_end(&saga_stream(submitted.saga_id), 1).await.unwrap();
+        let (first, last) = (events.first().unwrap(), events.last().unwrap());
+        latencies.push((last.recorded_at - first.recorded_at).to_std().unwrap_or_default());
+    }
+    report(&format!("order saga end to end, {name}"), count, start.elapsed(), latencies);
+    engine.runtime.shutdown().await;
+}
+
+async fn fresh_postgres(url: &str) -> Option<(Arc<dyn EventStore>, String)> {
+    let mut admin = PgConnection::connect(url).await.ok()?;
+    let db = format!("sagaflow_bench_{}", uuid::Uuid::now_v7().simple());
+    admin.execute(format!("CREATE DATABASE {db}").as_str()).await.ok()?;
+    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
+    let store = PgEventStore::connect(&format!("{base}/{db}")).await.ok()?;
+    Some((Arc::new(store), db))
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[tokio::main]
+async fn main() {
+    println!("sagaflow bench ({} build)", if cfg!(debug_assertions) { "debug" } else { "release" });
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(dir.path()).await.unwrap());
+    appends("sqlite", Arc::clone(&sqlite), 1, 1000).await;
+    appends("sqlite", Arc::clone(&sqlite), 8, 250).await;
+    orders("embedded (sqlite, in-process)", sqlite, Arc::new(InProcessTransport::new()), 500).await;
+
+    let (Ok(url), Ok(_)) = (std::env::var("DATABASE_URL"), std::env::var("KAFKA_BOOTSTRAP_SERVERS")) else {
+        println!("DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS not set: PostgreSQL and Kafka figures skipped");
+        println!("peak RSS {:.1} MiB", peak_rss_mib());
+        return;
+    };
+    let (pg, db) = fresh_postgres(&url).await.expect("a bench database on DATABASE_URL");
+    appends("postgres", Arc::clone(&pg), 1, 1000).await;
+    appends("postgres", Arc::clone(&pg), 8, 250).await;
+    orders("postgres + kafka", pg, sagaflow_tests::kafka_transport(), 500).await;
+    println!("peak RSS {:.1} MiB", peak_rss_mib());
+    if let Ok(mut admin) = PgConnection::connect(&url).await {
+        let _ = admin.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()).await;
+    }
+}
