@@ -12,9 +12,10 @@ use uuid::Uuid;
 
 use crate::codec::{decode, encode};
 use crate::consumer_loop::MessageHandler;
+use crate::dead_letter::send_to_dead_letter;
 use crate::definition::SagaDefinition;
 use crate::definition_registry::DefinitionRegistry;
-use crate::envelope::{dead_letter, Envelope, MessageKind, Outcome, HEADER_MESSAGE_ID};
+use crate::envelope::{Envelope, MessageKind, Outcome};
 use crate::error::{Error, Result};
 use crate::saga::{self, Failure, ReplyOutcome, SagaEvent, SagaState};
 use crate::topics::Topics;
@@ -223,16 +224,7 @@ impl Coordinator {
     }
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<ReplyHandled> {
-        tracing::warn!(position = %delivery.position(), message_id = ?delivery.headers.get(HEADER_MESSAGE_ID), %reason, "dead-lettering reply");
-        let message = dead_letter(
-            &self.topics.dead_letter(),
-            delivery.key.as_deref(),
-            &delivery.payload,
-            &delivery.headers,
-            &delivery.position(),
-            reason,
-        );
-        self.store.commit(Commit::default().with_message(message)).await?;
+        send_to_dead_letter(self.store.as_ref(), &self.topics, CONSUMER_NAME, delivery, reason).await?;
         Ok(ReplyHandled::DeadLettered(reason.to_owned()))
     }
 

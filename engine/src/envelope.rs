@@ -134,26 +134,6 @@ pub fn child_traceparent(parent: Option<&str>, saga_id: Uuid) -> String {
     format!("00-{trace_id}-{span:016x}-01")
 }
 
-/// A copy of a message bound for the dead-letter topic, with the reason in its headers.
-pub fn dead_letter(
-    topic: &str,
-    key: Option<&str>,
-    payload: &[u8],
-    headers: &BTreeMap<String, String>,
-    source: &str,
-    reason: &str,
-) -> OutgoingMessage {
-    let mut headers = headers.clone();
-    headers.insert(HEADER_DLQ_REASON.to_owned(), reason.to_owned());
-    headers.insert(HEADER_DLQ_SOURCE.to_owned(), source.to_owned());
-    OutgoingMessage {
-        topic: topic.to_owned(),
-        key: key.unwrap_or_default().to_owned(),
-        payload: payload.to_vec(),
-        headers,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

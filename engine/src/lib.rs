@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod codec;
 pub mod consumer_loop;
 pub mod coordinator;
+pub mod dead_letter;
 pub mod definition;
 pub mod definition_registry;
 pub mod envelope;

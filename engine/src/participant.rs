@@ -10,7 +10,8 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::consumer_loop::MessageHandler;
-use crate::envelope::{child_traceparent, dead_letter, Envelope, MessageKind, Outcome, HEADER_TRACEPARENT};
+use crate::dead_letter::send_to_dead_letter;
+use crate::envelope::{child_traceparent, Envelope, MessageKind, Outcome, HEADER_TRACEPARENT};
 use crate::error::{Error, Result};
 use crate::saga::Failure;
 use crate::topics::Topics;
@@ -121,16 +122,7 @@ impl ParticipantRuntime {
     }
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<CommandHandled> {
-        tracing::warn!(participant = %self.name, position = %delivery.position(), %reason, "dead-lettering command");
-        let message = dead_letter(
-            &self.topics.dead_letter(),
-            delivery.key.as_deref(),
-            &delivery.payload,
-            &delivery.headers,
-            &delivery.position(),
-            reason,
-        );
-        self.store.commit(Commit::default().with_message(message)).await?;
+        send_to_dead_letter(self.store.as_ref(), &self.topics, &self.consumer_name(), delivery, reason).await?;
         Ok(CommandHandled::DeadLettered(reason.to_owned()))
     }
 }

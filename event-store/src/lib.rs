@@ -9,6 +9,7 @@ pub mod memory;
 pub mod model;
 pub mod postgres;
 pub mod read;
+mod sql;
 pub mod sqlite;
 pub mod store;
 pub mod subscription;

@@ -21,7 +21,8 @@ use crate::model::{
     i64_of, u64_of, AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, OutgoingMessage, RecordedEvent,
     Snapshot, StreamAppend, TimerChange,
 };
-use crate::store::{validate_commit, EventStore};
+use crate::sql::{limit_of, run_commit, EVENT_COLUMNS};
+use crate::store::EventStore;
 
 /// Embedded migrations of the SQLite schema.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -212,22 +213,10 @@ fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
     })
 }
 
-const EVENT_COLUMNS: &str = "global_position, event_id, stream_id, version, event_type, data, metadata, recorded_at";
-
-fn limit_of(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
-}
-
 #[async_trait]
 impl EventStore for SqliteEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
-        validate_commit(&commit)?;
-        let started = std::time::Instant::now();
-        let result = self.commit_tx(&commit).await?;
-        metrics::histogram!("sagaflow_append_duration_seconds", "backend" => "sqlite")
-            .record(started.elapsed().as_secs_f64());
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
-        Ok(result)
+        run_commit("sqlite", &self.changes, &commit, self.commit_tx(&commit)).await
     }
 
     async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
