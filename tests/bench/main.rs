@@ -54,7 +54,7 @@ async fn appends(name: &str, store: Arc<dyn EventStore>, writers: usize, per_wri
                     let begun = Instant::now();
                     let event = NewEvent::new("Benchmarked", json!({ "writer": w, "i": i }));
                     store
-                        .append(&format!("bench-{name}-{w}-{i}"), ExpectedVersion::NoStream, vec![event])
+                        .append(&format!("bench-{name}-{writers}-{w}-{i}"), ExpectedVersion::NoStream, vec![event])
                         .await
                         .unwrap();
                     latencies.push(begun.elapsed());
@@ -107,7 +107,24 @@ async fn orders(name: &str, store: Arc<dyn EventStore>, transport: Arc<dyn Trans
         let (first, last) = (events.first().unwrap(), events.last().unwrap());
         latencies.push((last.recorded_at - first.recorded_at).to_std().unwrap_or_default());
     }
-    report(&format!("order saga end to end, {name}"), count, start.elapsed(), latencies);
+    report(&format!("order sagas, burst of {count}, {name}"), count, start.elapsed(), latencies);
+
+    // One order at a time: the latency of a saga on an idle engine.
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        let begun = Instant::now();
+        let order = NewOrder {
+            customer_id: "bench".into(),
+            items: vec![OrderLine { sku: "B".into(), quantity: 1, unit_price: Decimal::new(199, 2) }],
+        };
+        let submitted = state.orders.submit(order).await.unwrap();
+        while !state.orders.view(&submitted.order_id).await.unwrap().unwrap().status.is_terminal() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        latencies.push(begun.elapsed());
+    }
+    report(&format!("order saga, one at a time, {name}"), 20, start.elapsed(), latencies);
     engine.runtime.shutdown().await;
 }
 
