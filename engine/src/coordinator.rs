@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use event_store::{Commit, Error as StoreError, EventStore, EventStoreExt, ExpectedVersion, StreamAppend, TimerChange};
+use event_store::read::stream_events;
+use event_store::store::READ_PAGE;
+use event_store::{Commit, Error as StoreError, EventStore, ExpectedVersion, RecordedEvent, StreamAppend, TimerChange};
+use futures::TryStreamExt;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -95,21 +98,25 @@ impl Coordinator {
 
     /// The saga's current state, or `None` when there is no such saga.
     pub async fn load(&self, saga_id: Uuid) -> Result<Option<SagaView>> {
-        self.load_until(saga_id, None).await
+        self.load_while(saga_id, |_| true).await
     }
 
-    /// The saga's state as of stream version `until` (all of it when `None`).
-    pub async fn load_until(&self, saga_id: Uuid, until: Option<u64>) -> Result<Option<SagaView>> {
-        let events = self.store.read_stream_to_end(&saga_stream(saga_id), 1).await?;
-        if events.is_empty() {
-            return Ok(None);
-        }
+    /// The saga's state folded from the first events of its stream for which `keep` holds
+    /// (a version or a point in time to replay to), or `None` when there is no such saga.
+    pub async fn load_while(&self, saga_id: Uuid, keep: impl Fn(&RecordedEvent) -> bool) -> Result<Option<SagaView>> {
+        let stream = saga_stream(saga_id);
+        let mut events = stream_events(self.store.as_ref(), &stream, 1, READ_PAGE);
         let mut view = SagaView { state: SagaState::default(), version: 0 };
-        for event in events.iter().take_while(|e| until.is_none_or(|u| e.version <= u)) {
-            view.state.apply(&decode::<SagaEvent>(event)?);
+        let mut exists = false;
+        while let Some(event) = events.try_next().await? {
+            exists = true;
+            if !keep(&event) {
+                break;
+            }
+            view.state.apply(&decode::<SagaEvent>(&event)?);
             view.version = event.version;
         }
-        Ok(Some(view))
+        Ok(exists.then_some(view))
     }
 
     /// Lists saga ids in id order (time order, for ids the engine made), after `after`.

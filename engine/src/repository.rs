@@ -4,7 +4,10 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use event_store::{Commit, Error as StoreError, EventStore, EventStoreExt, ExpectedVersion, Snapshot, StreamAppend};
+use event_store::read::stream_events;
+use event_store::store::READ_PAGE;
+use event_store::{Commit, Error as StoreError, EventStore, ExpectedVersion, RecordedEvent, Snapshot, StreamAppend};
+use futures::TryStreamExt;
 
 use crate::aggregate::{stream_id, Aggregate};
 use crate::codec::{decode, encode};
@@ -81,16 +84,8 @@ impl<A: Aggregate> Repository<A> {
 
     /// The state as of a point in time: every event recorded at or before `at`.
     pub async fn load_at_time(&self, id: &str, at: DateTime<Utc>) -> Result<Loaded<A>> {
-        let stream = stream_id::<A>(id);
-        let mut loaded = Loaded { id: id.to_owned(), state: A::default(), version: 0 };
-        for event in self.store.read_stream_to_end(&stream, 1).await? {
-            if event.recorded_at > at {
-                break;
-            }
-            loaded.state.apply(&decode(&event)?);
-            loaded.version = event.version;
-        }
-        Ok(loaded)
+        let loaded = Loaded { id: id.to_owned(), state: A::default(), version: 0 };
+        self.fold(loaded, |event| event.recorded_at <= at).await
     }
 
     async fn load_until(&self, id: &str, until: Option<u64>) -> Result<Loaded<A>> {
@@ -106,21 +101,21 @@ impl<A: Aggregate> Repository<A> {
                 Err(err) => tracing::warn!(%stream, error = %err, "ignoring unreadable snapshot"),
             }
         }
-        const PAGE: usize = 500;
-        loop {
-            let page = self.store.read_stream(&stream, loaded.version + 1, PAGE).await?;
-            let full = page.len() == PAGE;
-            for event in &page {
-                if until.is_some_and(|u| event.version > u) {
-                    return Ok(loaded);
-                }
-                loaded.state.apply(&decode(event)?);
-                loaded.version = event.version;
+        self.fold(loaded, |event| until.is_none_or(|u| event.version <= u)).await
+    }
+
+    /// Folds the events after `loaded.version` into it while `keep` holds.
+    async fn fold(&self, mut loaded: Loaded<A>, keep: impl Fn(&RecordedEvent) -> bool) -> Result<Loaded<A>> {
+        let stream = stream_id::<A>(&loaded.id);
+        let mut events = stream_events(self.store.as_ref(), &stream, loaded.version + 1, READ_PAGE);
+        while let Some(event) = events.try_next().await? {
+            if !keep(&event) {
+                break;
             }
-            if !full {
-                return Ok(loaded);
-            }
+            loaded.state.apply(&decode(&event)?);
+            loaded.version = event.version;
         }
+        Ok(loaded)
     }
 
     /// The append that saves `events` on top of `loaded`, guarded by its version.
@@ -195,6 +190,7 @@ impl<A: Aggregate> Repository<A> {
 mod tests {
     use super::*;
     use event_store::memory::MemoryEventStore;
+    use event_store::EventStoreExt;
     use serde::{Deserialize, Serialize};
 
     #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]

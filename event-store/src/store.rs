@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
@@ -72,22 +73,12 @@ pub trait EventStoreExt: EventStore {
 
     /// Every event of a stream, from `from_version` on (reads in pages).
     async fn read_stream_to_end(&self, stream_id: &str, from_version: u64) -> Result<Vec<RecordedEvent>> {
-        const PAGE: usize = 500;
-        let mut out = Vec::new();
-        let mut next = from_version.max(1);
-        loop {
-            let page = self.read_stream(stream_id, next, PAGE).await?;
-            let done = page.len() < PAGE;
-            if let Some(last) = page.last() {
-                next = last.version + 1;
-            }
-            out.extend(page);
-            if done {
-                return Ok(out);
-            }
-        }
+        crate::read::stream_events(self, stream_id, from_version, READ_PAGE).try_collect().await
     }
 }
+
+/// Events fetched per round trip when a whole stream is read.
+pub const READ_PAGE: usize = 500;
 
 impl<T: EventStore + ?Sized> EventStoreExt for T {}
 

@@ -181,8 +181,7 @@ pub async fn catch_up_then_live_subscription_delivers_every_event_once_in_order(
 pub async fn long_streams_read_as_an_async_stream_in_pages(store: Arc<dyn EventStore>, _other: Arc<dyn EventStore>) {
     let events: Vec<NewEvent> = (0..120).map(event).collect();
     store.append("long", ExpectedVersion::NoStream, events).await.unwrap();
-    let read: Vec<_> =
-        event_store::read::stream_events(Arc::clone(&store), "long".into(), 11, 25).try_collect().await.unwrap();
+    let read: Vec<_> = event_store::read::stream_events(store.as_ref(), "long", 11, 25).try_collect().await.unwrap();
     assert_eq!(read.len(), 110);
     assert_eq!(read.first().unwrap().version, 11);
     assert_eq!(read.last().unwrap().version, 120);

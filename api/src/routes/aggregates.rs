@@ -4,10 +4,7 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use engine::codec::decode;
-use engine::saga::{SagaEvent, SagaState};
 use engine::{Aggregate, Repository};
-use event_store::EventStoreExt;
 use sagas::credit::CustomerCredit;
 use sagas::inventory::Inventory;
 use sagas::order::Order;
@@ -58,22 +55,16 @@ async fn replay<A: Aggregate>(state: &AppState, id: &str, point: &Point) -> ApiR
 
 async fn replay_saga(state: &AppState, id: &str, point: &Point) -> ApiResult<(u64, Value)> {
     let saga_id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no saga '{id}'")))?;
-    let events = state.store.read_stream_to_end(&engine::coordinator::saga_stream(saga_id), 1).await?;
-    let mut saga = SagaState::default();
-    let mut version = 0;
-    for event in &events {
-        let include = match point {
+    let view = state
+        .coordinator
+        .load_while(saga_id, |event| match point {
             Point::Now => true,
             Point::Version(v) => event.version <= *v,
             Point::At(at) => event.recorded_at <= *at,
-        };
-        if !include {
-            break;
-        }
-        saga.apply(&decode::<SagaEvent>(event)?);
-        version = event.version;
-    }
-    Ok((version, serde_json::to_value(&saga).map_err(engine::Error::Encode)?))
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no saga '{id}'")))?;
+    Ok((view.version, serde_json::to_value(&view.state).map_err(engine::Error::Encode)?))
 }
 
 /// An aggregate (`order`, `inventory`, `customer` or `saga`) replayed from its events.
