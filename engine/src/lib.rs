@@ -21,4 +21,4 @@ pub mod transport;
 
 pub use aggregate::Aggregate;
 pub use error::{Error, Result};
-pub use repository::{Loaded, Repository};
+pub use repository::{Decided, Loaded, Repository};

@@ -28,6 +28,24 @@ pub struct Executed<A: Aggregate> {
     pub events: Vec<A::Event>,
 }
 
+/// A command decided against the current state and not saved yet.
+#[derive(Debug, Clone)]
+pub struct Decided<A: Aggregate> {
+    pub loaded: Loaded<A>,
+    pub events: Vec<A::Event>,
+}
+
+impl<A: Aggregate> Decided<A> {
+    /// The append that saves the decision, guarded by the loaded version; `None` when the
+    /// command changes nothing.
+    pub fn append(&self) -> Result<Option<StreamAppend>> {
+        if self.events.is_empty() {
+            return Ok(None);
+        }
+        Repository::append_for(&self.loaded, &self.events).map(Some)
+    }
+}
+
 /// Loads and saves aggregates of type `A`.
 pub struct Repository<A> {
     store: Arc<dyn EventStore>,
@@ -127,6 +145,15 @@ impl<A: Aggregate> Repository<A> {
         })
     }
 
+    /// Decides a command against the current state without saving it, for callers that
+    /// commit the events together with more (several aggregates, a reply, …). A refusal is
+    /// [`Error::Rejected`].
+    pub async fn decide(&self, id: &str, command: &A::Command) -> Result<Decided<A>> {
+        let loaded = self.load(id).await?;
+        let events = loaded.state.handle(command).map_err(|e| Error::Rejected(e.to_string()))?;
+        Ok(Decided { loaded, events })
+    }
+
     /// Runs a command: load, decide, save with the loaded version as the expectation,
     /// re-running the command on a version conflict up to the configured bound.
     pub async fn execute(&self, id: &str, command: &A::Command) -> Result<Executed<A>> {
@@ -143,14 +170,16 @@ impl<A: Aggregate> Repository<A> {
     ) -> Result<Executed<A>> {
         let stream = stream_id::<A>(id);
         for _ in 0..self.max_attempts {
-            let mut loaded = self.load(id).await?;
-            let events = loaded.state.handle(command).map_err(|e| Error::Rejected(e.to_string()))?;
-            let mut commit = extra(&loaded, &events);
-            if events.is_empty() && commit.outbox.is_empty() && commit.processed.is_none() && commit.timers.is_empty() {
+            let decided = self.decide(id, command).await?;
+            let mut commit = extra(&decided.loaded, &decided.events);
+            commit.appends.extend(decided.append()?);
+            let Decided { mut loaded, events } = decided;
+            if commit.appends.is_empty()
+                && commit.outbox.is_empty()
+                && commit.processed.is_none()
+                && commit.timers.is_empty()
+            {
                 return Ok(Executed { loaded, events });
-            }
-            if !events.is_empty() {
-                commit.appends.push(Self::append_for(&loaded, &events)?);
             }
             match self.store.commit(commit).await {
                 Ok(_) => {

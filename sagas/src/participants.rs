@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use engine::envelope::Envelope;
 use engine::participant::{CommandHandler, Effect};
-use engine::{Aggregate, Error, Repository, Result};
-use event_store::{EventStore, StreamAppend};
+use engine::{Error, Repository, Result};
+use event_store::EventStore;
 use serde_json::{json, Value};
 
 use crate::credit::{CreditCommand, CustomerCredit};
@@ -36,20 +36,6 @@ fn unknown(participant: &str, command: &Envelope) -> Error {
     Error::Invalid(format!("participant '{participant}' does not handle '{}'", command.message_type))
 }
 
-/// Runs `command` against aggregate `id`: `Ok(None)` when it is refused with a reason.
-async fn decide_on<A: Aggregate>(
-    repo: &Repository<A>,
-    id: &str,
-    command: &A::Command,
-) -> Result<std::result::Result<Option<StreamAppend>, String>> {
-    let loaded = repo.load(id).await?;
-    match loaded.state.handle(command) {
-        Ok(events) if events.is_empty() => Ok(Ok(None)),
-        Ok(events) => Ok(Ok(Some(Repository::append_for(&loaded, &events)?))),
-        Err(reason) => Ok(Err(reason.to_string())),
-    }
-}
-
 /// Reserves and releases stock for orders: all items or none.
 pub struct InventoryParticipant {
     repo: Repository<Inventory>,
@@ -75,11 +61,12 @@ impl CommandHandler for InventoryParticipant {
             "ReserveInventory" => {
                 for (sku, quantity) in &per_sku {
                     let reserve = InventoryCommand::Reserve { order_id: order_id.clone(), quantity: *quantity };
-                    match decide_on(&self.repo, sku, &reserve).await? {
-                        Ok(append) => appends.extend(append),
-                        Err(reason) => {
+                    match self.repo.decide(sku, &reserve).await {
+                        Ok(decided) => appends.extend(decided.append()?),
+                        Err(Error::Rejected(reason)) => {
                             return Ok(Effect::refused(format!("insufficient stock for SKU {sku}: {reason}")))
                         }
+                        Err(other) => return Err(other),
                     }
                 }
                 Ok(Effect::success(appends, json!({ "reserved": per_sku })))
@@ -87,10 +74,7 @@ impl CommandHandler for InventoryParticipant {
             "ReleaseInventory" => {
                 for sku in per_sku.keys() {
                     let release = InventoryCommand::Release { order_id: order_id.clone() };
-                    match decide_on(&self.repo, sku, &release).await? {
-                        Ok(append) => appends.extend(append),
-                        Err(reason) => return Err(Error::Rejected(reason)),
-                    }
+                    appends.extend(self.repo.decide(sku, &release).await?.append()?);
                 }
                 Ok(Effect::success(appends, json!({})))
             }
@@ -126,9 +110,12 @@ impl CommandHandler for OrdersParticipant {
             "ApproveOrder" => OrderCommand::Approve,
             _ => return Err(unknown(ORDERS, command)),
         };
-        Ok(match decide_on(&self.repo, &input.order_id, &order_command).await? {
-            Ok(append) => Effect::success(append.into_iter().collect(), Value::Object(serde_json::Map::new())),
-            Err(reason) => Effect::refused(reason),
+        Ok(match self.repo.decide(&input.order_id, &order_command).await {
+            Ok(decided) => {
+                Effect::success(decided.append()?.into_iter().collect(), Value::Object(serde_json::Map::new()))
+            }
+            Err(Error::Rejected(reason)) => Effect::refused(reason),
+            Err(other) => return Err(other),
         })
     }
 }
@@ -153,9 +140,10 @@ impl CommandHandler for PaymentsParticipant {
             "RefundPayment" => CreditCommand::Refund { order_id: input.order_id.clone() },
             _ => return Err(unknown(PAYMENTS, command)),
         };
-        Ok(match decide_on(&self.repo, &input.customer_id, &credit_command).await? {
-            Ok(append) => Effect::success(append.into_iter().collect(), json!({ "paid": input.total })),
-            Err(reason) => Effect::refused(format!("payment declined: {reason}")),
+        Ok(match self.repo.decide(&input.customer_id, &credit_command).await {
+            Ok(decided) => Effect::success(decided.append()?.into_iter().collect(), json!({ "paid": input.total })),
+            Err(Error::Rejected(reason)) => Effect::refused(format!("payment declined: {reason}")),
+            Err(other) => return Err(other),
         })
     }
 }
