@@ -149,7 +149,6 @@ impl OutboxRelay {
                     if n == self.batch {
                         continue;
                     }
-                    self.report_pending().await;
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
@@ -172,13 +171,6 @@ impl OutboxRelay {
             Err(_) => {
                 tracing::warn!(relay = %self.relay_id, "outbox relay flush timed out; the rest stays in the outbox")
             }
-        }
-    }
-
-    async fn report_pending(&self) {
-        if let Ok(pending) = self.store.outbox_pending().await {
-            #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!("sagaflow_outbox_pending").set(pending as f64);
         }
     }
 }

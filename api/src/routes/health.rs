@@ -63,7 +63,8 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(Health { status: if ok { "ready".into() } else { "not ready".into() }, checks }))
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition. The outbox backlog is counted here, at scrape time, rather
+/// than by the relay on every batch.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok(pending) = state.store.outbox_pending().await {
