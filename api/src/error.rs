@@ -81,6 +81,12 @@ fn engine_problem(err: &engine::Error) -> Problem {
             detail: err.to_string(),
             extra: Value::Null,
         },
+        E::InvalidInput { what, problems } => Problem {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            slug: "invalid",
+            detail: format!("the {what} has {} problem(s)", problems.len()),
+            extra: json!({ "errors": problems }),
+        },
         E::InvalidDefinition(errors) => Problem {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             slug: "invalid-definition",

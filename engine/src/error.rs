@@ -24,6 +24,9 @@ pub enum Error {
     Transport(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// Input that breaks several rules; every one is listed.
+    #[error("invalid {what}: {}", .problems.join("; "))]
+    InvalidInput { what: &'static str, problems: Vec<String> },
 }
 
 /// Result alias of the engine.

@@ -97,6 +97,7 @@ impl ParticipantRuntime {
             let effect = match self.handler.decide(command).await {
                 Ok(effect) => effect,
                 Err(Error::Rejected(reason) | Error::Invalid(reason)) => Effect::refused(reason),
+                Err(invalid @ Error::InvalidInput { .. }) => Effect::refused(invalid.to_string()),
                 Err(Error::Decode { stream, source, .. }) => Effect::refused(format!("cannot read {stream}: {source}")),
                 Err(other) => return Err(other),
             };

@@ -76,7 +76,7 @@ impl OrderService {
     pub async fn submit_with(&self, order: NewOrder, saga_id: Uuid, extra: Commit) -> Result<SubmittedOrder> {
         let problems = order.problems();
         if !problems.is_empty() {
-            return Err(Error::Invalid(problems.join("; ")));
+            return Err(Error::InvalidInput { what: "order", problems });
         }
         let definition = self.coordinator.registry().get(ORDER_FULFILMENT, None).await?;
         let input = order.into_input(saga_id.to_string());

@@ -70,10 +70,6 @@ pub async fn submit(
     headers: HeaderMap,
     AppJson(order): AppJson<NewOrder>,
 ) -> ApiResult<Response> {
-    let problems = order.problems();
-    if !problems.is_empty() {
-        return Err(ApiError::invalid(format!("the order has {} problem(s)", problems.len()), problems));
-    }
     let saga_id = Uuid::now_v7();
     let response = SubmitResponse { order_id: saga_id.to_string(), saga_id, status: OrderViewStatus::Pending };
     let Some(key) = idempotency_key(&headers)? else {
