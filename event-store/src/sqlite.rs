@@ -78,15 +78,23 @@ impl SqliteEventStore {
             .await?;
         let current = u64_of(current);
         let actual = (current > 0).then_some(current);
+        // One query for all the ids, as the PostgreSQL backend does.
+        let ids: Vec<String> = append.events.iter().map(|e| e.event_id.to_string()).collect();
+        let found: Vec<(String, String, i64)> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "SELECT event_id, stream_id, global_position FROM events WHERE event_id IN (SELECT value FROM json_each(?))",
+            )
+            .bind(serde_json::to_string(&ids).unwrap_or_default())
+            .fetch_all(&mut **tx)
+            .await?
+        };
         let mut stored = Vec::new();
         for event in &append.events {
-            let row: Option<(String, i64)> =
-                sqlx::query_as("SELECT stream_id, global_position FROM events WHERE event_id = ?")
-                    .bind(event.event_id.to_string())
-                    .fetch_optional(&mut **tx)
-                    .await?;
-            match row {
-                Some((stream, position)) if stream == append.stream_id => stored.push(u64_of(position)),
+            let id = event.event_id.to_string();
+            match found.iter().find(|(found_id, _, _)| *found_id == id) {
+                Some((_, stream, position)) if *stream == append.stream_id => stored.push(u64_of(*position)),
                 Some(_) => return Err(Error::DuplicateEventId { event_id: event.event_id }),
                 None => {}
             }
