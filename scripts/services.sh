@@ -2,7 +2,7 @@
 # Install (when missing) and start, idempotently, the real services Sagaflow's
 # integration tests and production-shaped runs need on a Debian machine:
 #   - PostgreSQL 15 from Debian's packages (cluster 15/main on port 5432)
-#   - Tansu 0.6.0, a Kafka-protocol broker, with in-memory storage (port 9092)
+#   - nisshi 0.8.1 (Tansu's successor), a Kafka-protocol broker, in-memory storage (port 9092)
 # Prints the URLs to use as `export` lines, so `eval "$(scripts/services.sh)"` works.
 # Progress goes to stderr; only the export lines go to stdout.
 set -euo pipefail
@@ -14,7 +14,7 @@ PG_PASSWORD="${SAGAFLOW_PG_PASSWORD:-sagaflow}"
 PG_DB="${SAGAFLOW_PG_DB:-sagaflow}"
 PG_PORT="${SAGAFLOW_PG_PORT:-5432}"
 KAFKA_PORT="${SAGAFLOW_KAFKA_PORT:-9092}"
-TANSU_VERSION="0.6.0"
+NISSHI_VERSION="0.8.1"
 
 log() { echo "[services] $*" >&2; }
 mkdir -p "$STATE_DIR"
@@ -70,20 +70,26 @@ if [ "$(psql_admin "-c \"SELECT 1 FROM pg_database WHERE datname='$PG_DB'\"")" !
   psql_admin "-c \"CREATE DATABASE $PG_DB OWNER $PG_USER\"" >&2
 fi
 
-# --- Tansu (Kafka-protocol broker) --------------------------------------------
+# --- nisshi (Kafka-protocol broker) -------------------------------------------
+# nisshi 0.8.1 with --locked needs rustc >= 1.96; the machine's nightly toolchain builds it.
+# Only the broker is built with nightly; Sagaflow itself stays on stable.
 export PATH="$HOME/.cargo/bin:$PATH"
-if ! command -v tansu >/dev/null 2>&1 || ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  log "installing tansu $TANSU_VERSION (cold: ~11 minutes)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,postgres >&2
+if ! command -v nisshi >/dev/null 2>&1 || ! nisshi --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then
+  if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    log "installing the nightly toolchain (for the broker binary only)"
+    rustup toolchain install nightly --profile minimal >&2
+  fi
+  log "installing nisshi $NISSHI_VERSION (cold: ~13 minutes)"
+  cargo +nightly install nisshi --version "$NISSHI_VERSION" --locked >&2
 fi
 if ! port_open "$KAFKA_PORT"; then
-  log "starting tansu on 127.0.0.1:$KAFKA_PORT (memory storage)"
-  nohup tansu broker --cluster-id sagaflow \
+  log "starting nisshi on 127.0.0.1:$KAFKA_PORT (memory storage)"
+  nohup nisshi broker --cluster-id sagaflow \
     --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine memory://tansu/ >"$STATE_DIR/tansu.log" 2>&1 &
-  echo $! >"$STATE_DIR/tansu.pid"
-  wait_port "$KAFKA_PORT" tansu
+    --storage-engine memory://nisshi/ >"$STATE_DIR/nisshi.log" 2>&1 &
+  echo $! >"$STATE_DIR/nisshi.pid"
+  wait_port "$KAFKA_PORT" nisshi
 fi
 
 echo "export DATABASE_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"

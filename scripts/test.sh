@@ -15,6 +15,10 @@ cargo fmt --all -- --check
 echo "[test] cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The fault-injection tests run the real binary as separate processes.
+echo "[test] cargo build --bin sagaflow" >&2
+cargo build -p sagaflow-api --bin sagaflow
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

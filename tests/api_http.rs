@@ -271,6 +271,90 @@ mod routes {
         s.stop().await;
     }
 
+    pub async fn nul_in_path_query_or_body_gets_a_4xx_problem(s: TestServer) {
+        stock_and_credit(&s, "A", 10, "c-1", "100.00").await;
+        // In a path or a query: 400, whatever the route (no store ever sees it).
+        for (method, path) in [
+            (Method::GET, "/orders/abc%00def"),
+            (Method::GET, "/streams/x%00y/events"),
+            (Method::GET, "/customers/c%00/credit"),
+            (Method::GET, "/aggregates/order/o%00"),
+            (Method::GET, "/saga-definitions/n%00"),
+            (Method::GET, "/sagas?definition=x%00"),
+            (Method::GET, "/streams/ledger/events?limit=1%00"),
+            (Method::GET, "/orders/tab%09"),
+            (Method::PUT, "/inventory/A%00"),
+            (Method::PUT, "/inventory/A?note=%00"),
+        ] {
+            let response = s.send(method.clone(), path, Some(json!({ "available": 1 }))).await;
+            let status = response.status().as_u16();
+            let ct = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_eq!((status, ct.as_deref()), (400, Some("application/problem+json")), "{method} {path}: {body}");
+            assert!(body["detail"].as_str().unwrap().contains("control character"), "{method} {path}: {body}");
+        }
+        // An escaped percent sign is no NUL.
+        assert_eq!(s.call(Method::GET, "/streams/x%2500/events", None).await.0, 404);
+
+        // In a JSON body, keys included: 422 naming the problem and where it is.
+        let cases = [
+            (Method::PUT, "/inventory/A", json!({ "available": 1, "k\u{0}": 1 }), "a key of / holds a NUL character"),
+            (Method::PUT, "/customers/c-1/credit", json!({ "limit": "5\u{0}" }), "/limit holds a NUL character"),
+            (Method::POST, "/orders", order("c\u{0}", "A", 1, "1.00"), "/customer_id holds a NUL character"),
+            (
+                Method::POST,
+                "/sagas",
+                json!({ "definition": "x", "input": { "deep": [{ "k\u{0}": "v" }] } }),
+                "a key of /input/deep/0 holds a NUL character",
+            ),
+            (
+                Method::POST,
+                "/streams/ledger-n/events",
+                json!({ "expected_version": "any", "events": [{ "type": "X", "data": { "s": "a\u{0}b" } }] }),
+                "/events/0/data/s holds a NUL character",
+            ),
+        ];
+        for (method, path, body, place) in cases {
+            let response = s.send(method.clone(), path, Some(body)).await;
+            let status = response.status().as_u16();
+            let ct = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_eq!((status, ct.as_deref()), (422, Some("application/problem+json")), "{method} {path}: {body}");
+            assert!(body["detail"].as_str().unwrap().contains("NUL"), "{method} {path}: {body}");
+            assert_eq!(body["errors"], json!([place]), "{method} {path}");
+        }
+        // Nothing was written.
+        assert_eq!(s.call(Method::GET, "/streams/ledger-n/events", None).await.0, 404);
+        let (_, credit) = s.call(Method::GET, "/customers/c-1/credit", None).await;
+        assert_eq!(credit["version"], 1);
+        s.stop().await;
+    }
+
+    pub async fn idempotent_retry_with_an_equal_decimal_spelling_is_the_same_request(s: TestServer) {
+        stock_and_credit(&s, "A", 10, "c-1", "100.00").await;
+        let send = |price: &'static str| {
+            s.client
+                .post(format!("{}/orders", s.base))
+                .header("Idempotency-Key", "decimal-key")
+                .json(&order("c-1", "A", 2, price))
+                .send()
+        };
+        let first = send("10.50").await.unwrap();
+        assert_eq!(first.status().as_u16(), 202);
+        let first: Value = first.json().await.unwrap();
+        for spelling in ["10.5", "10.500", "10.50"] {
+            let retry = send(spelling).await.unwrap();
+            assert_eq!(retry.status().as_u16(), 202, "{spelling}");
+            assert_eq!(retry.json::<Value>().await.unwrap(), first, "{spelling}");
+        }
+        let (_, page) = s.call(Method::GET, "/sagas?definition=order-fulfilment", None).await;
+        assert_eq!(page["sagas"].as_array().unwrap().len(), 1, "one order was started");
+        // Another price is another request.
+        let other = send("10.05").await.unwrap();
+        assert_eq!(other.status().as_u16(), 422);
+        s.stop().await;
+    }
+
     pub async fn health_metrics_and_openapi_cover_every_route(s: TestServer) {
         assert_eq!(s.call(Method::GET, "/health/live", None).await.0, 200);
         let (status, ready) = s.call(Method::GET, "/health/ready", None).await;
@@ -350,4 +434,6 @@ on_both_backends!(
     aggregates_are_replayed_from_history,
     streams_are_appended_with_expected_versions_and_read,
     health_metrics_and_openapi_cover_every_route,
+    nul_in_path_query_or_body_gets_a_4xx_problem,
+    idempotent_retry_with_an_equal_decimal_spelling_is_the_same_request,
 );

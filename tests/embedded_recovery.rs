@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::server::{self, Roles};
+use api::server::{self, EngineOptions, Roles};
 use engine::coordinator::saga_stream;
 use engine::topics::Topics;
 use engine::transport::in_process::InProcessTransport;
@@ -24,7 +24,7 @@ async fn engine_on(store: &Arc<dyn EventStore>) -> server::Engine {
         Arc::new(InProcessTransport::new()),
         Topics::default(),
         Roles::ALL,
-        "sagaflow.".into(),
+        EngineOptions::new("sagaflow."),
     )
     .await
     .unwrap()

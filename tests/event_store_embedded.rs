@@ -43,6 +43,8 @@ on_sqlite_and_memory!(
     snapshot_plus_tail_equals_full_replay,
     outbox_is_claimed_in_order_and_each_message_once_with_two_relays,
     expired_outbox_lease_is_claimed_again,
+    a_renewed_lease_outlives_its_first_term_and_a_dead_one_passes_on,
+    retention_deletes_old_published_rows_and_dedup_records_in_batches,
     processed_message_record_makes_a_redelivered_effect_a_no_op,
     timers_are_stored_replaced_and_cancelled_with_commits,
     streams_are_listed_by_prefix,

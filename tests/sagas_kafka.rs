@@ -197,9 +197,10 @@ async fn killed_coordinator_loses_no_saga_and_runs_no_step_twice(pool: PgPool) {
     })
     .await;
     first.abort();
-    // A new coordinator in a fresh consumer group re-reads every reply from the start
-    // (fresh groups sidestep the test broker's rejoin bug) and must drop what it has seen.
-    let second = h.start(true, false, 1).await;
+    // A new coordinator in the same consumer group resumes from the committed offsets;
+    // replies whose effect was durable but whose offset was not committed come again and
+    // must be dropped.
+    let second = h.start(true, false, 0).await;
     for id in &ids {
         let view = until_terminal(&h, id).await;
         assert_eq!(view.status, OrderViewStatus::Approved, "{view:?}");
@@ -384,6 +385,64 @@ async fn poison_reply_goes_to_dead_letter_and_consumption_goes_on(pool: PgPool) 
     };
     assert!(reason_of(b"{not json").contains("not a valid envelope"));
     assert!(reason_of(b"{\"message_id\":\"orphan-1\"").contains("no saga with id"));
+    runtime.shutdown().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn messages_that_cannot_be_stored_are_dead_lettered_and_every_saga_goes_on(pool: PgPool) {
+    let h = OrderHarness::new(pool).await;
+    let runtime = h.start_all().await;
+    stock(&h, "A", 10).await;
+    credit(&h, "c-1", "100.00").await;
+    let order = || NewOrder { customer_id: "c-1".into(), items: vec![line("A", 1, "1.00")] };
+    let first = h.orders.submit(order()).await.unwrap();
+    assert_eq!(until_terminal(&h, &first.order_id).await.status, OrderViewStatus::Approved);
+    // Valid JSON, for a saga that exists, but with a NUL PostgreSQL cannot store.
+    let reply_with_nul = Envelope {
+        message_id: "nul\u{0}reply".into(),
+        saga_id: first.saga_id,
+        kind: MessageKind::Reply,
+        step: "reserve-inventory".into(),
+        message_type: "ReserveInventory".into(),
+        attempt: 1,
+        in_reply_to: Some("in\u{0}reply".into()),
+        reply_to: None,
+        payload: json!({"note": "a\u{0}b"}),
+        outcome: Some(engine::envelope::Outcome::Failure { reason: "r\u{0}".into(), retryable: false }),
+        sent_at: chrono::Utc::now(),
+    }
+    .to_message(&h.topics.replies(), None);
+    let command_with_nul = OutgoingMessage {
+        topic: h.topics.commands(sagas::participants::INVENTORY),
+        key: first.saga_id.to_string(),
+        payload: serde_json::to_vec(&json!({"message_id": "cmd\u{0}", "saga_id": first.saga_id,
+            "kind": "command", "step": "reserve-inventory", "type": "ReserveInventory", "payload": {}}))
+        .unwrap(),
+        headers: BTreeMap::new(),
+    };
+    // A NUL in the key and a header: the dead-letter copy must still be storable.
+    let garbage_with_nul_key = OutgoingMessage {
+        topic: h.topics.replies(),
+        key: "k\u{0}".into(),
+        payload: b"{not json".to_vec(),
+        headers: BTreeMap::from([("h".to_owned(), "v\u{0}".to_owned())]),
+    };
+    h.transport.publish(&[reply_with_nul, command_with_nul, garbage_with_nul_key]).await.unwrap();
+
+    let later: Vec<_> = futures::future::join_all((0..4).map(|_| h.orders.submit(order()))).await;
+    for submitted in later {
+        let id = submitted.unwrap().order_id;
+        let view = eventually("an order submitted after the poison to finish", Duration::from_secs(40), || async {
+            h.orders.view(&id).await.unwrap().filter(|v| v.status.is_terminal())
+        })
+        .await;
+        assert_eq!(view.status, OrderViewStatus::Approved);
+    }
+    let dead = read_topic(&h, &h.topics.dead_letter(), 3, Duration::from_secs(30)).await;
+    for (headers, _) in &dead {
+        assert!(!headers[HEADER_DLQ_REASON].is_empty(), "every dead letter says why: {headers:?}");
+    }
+    assert!(dead.iter().any(|(h, _)| h[HEADER_DLQ_REASON].contains("NUL")), "{dead:?}");
     runtime.shutdown().await;
 }
 

@@ -99,7 +99,7 @@ fn engine_problem(err: &engine::Error) -> Problem {
         E::Contention { .. } => {
             Problem { status: StatusCode::CONFLICT, slug: "contention", detail: err.to_string(), extra: Value::Null }
         }
-        E::Decode { .. } | E::Encode(_) | E::Transport(_) => {
+        E::Decode { .. } | E::Encode(_) | E::Transport(_) | E::Unpublishable { .. } => {
             tracing::error!(error = %err, "internal error");
             Problem {
                 status: StatusCode::INTERNAL_SERVER_ERROR,

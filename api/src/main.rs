@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use api::server::{self, Roles, StartError, StoreConfig, TransportConfig};
 use clap::{Args, Parser, Subcommand};
@@ -44,6 +45,13 @@ struct ServeArgs {
     /// Prefix of every Kafka topic.
     #[arg(long, env = "SAGAFLOW_TOPIC_PREFIX", default_value = "sagaflow")]
     topic_prefix: String,
+    /// How long published outbox rows are kept (e.g. 24h, 30m).
+    #[arg(long, env = "SAGAFLOW_OUTBOX_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    outbox_retention: Duration,
+    /// How long processed-message (deduplication) records are kept; keep it longer than the
+    /// topics' retention, so a message redelivered from Kafka is still recognised.
+    #[arg(long, env = "SAGAFLOW_DEDUP_WINDOW", default_value = "8d", value_parser = humantime::parse_duration)]
+    dedup_window: Duration,
 }
 
 fn main() -> ExitCode {
@@ -61,7 +69,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    let result = runtime.block_on(serve(args));
+    // Tasks aborted at shutdown may be stuck in a blocking call: do not wait for them long.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "sagaflow stopped with an error");
@@ -102,24 +113,48 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
     let store = server::open_store(&store_config).await?;
     let transport = server::open_transport(&transport_config)?;
     let topics = Topics::new(args.topic_prefix.clone());
-    let engine = server::start(store, transport, topics, roles, format!("{}.", args.topic_prefix)).await?;
+    let mut options = server::EngineOptions::new(format!("{}.", args.topic_prefix));
+    options.retention.outbox = args.outbox_retention;
+    options.retention.dedup_window = args.dedup_window;
+    let engine = server::start(store, transport, topics, roles, options).await?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
     if roles.api {
         let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
         tracing::info!(addr = %args.http_addr, "HTTP API listening");
-        axum::serve(listener, api::router(engine.state.clone()))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await?;
+        let server = axum::serve(listener, api::router(engine.state.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        // Long polls (`?wait=`) could hold a graceful stop for their whole wait: give
+        // in-flight requests a bounded time, then close them.
+        let drained = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(HTTP_DRAIN).await;
+        };
+        tokio::select! {
+            served = server => served?,
+            () = drained => tracing::warn!("requests still in flight after {HTTP_DRAIN:?}; closing them"),
+        }
     } else {
         shutdown.cancelled().await;
     }
     tracing::info!("shutting down: stopping consumers, flushing the outbox");
-    engine.runtime.shutdown().await;
+    engine.runtime.shutdown_within(ROLES_STOP).await;
+    // Kafka clients may block in their destructors while the broker is unreachable; all that
+    // must survive is durable already, so they are let go on a thread nobody waits for.
+    let state = engine.state;
+    if let Err(err) = std::thread::Builder::new().name("release".into()).spawn(move || drop(state)) {
+        tracing::warn!(error = %err, "cannot release clients on their own thread");
+    }
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long in-flight HTTP requests may run on after a shutdown signal.
+const HTTP_DRAIN: Duration = Duration::from_secs(4);
+/// How long the background roles get to stop (the relay flushes for at most 5 s of it).
+/// With `HTTP_DRAIN`, a stop takes at most ~12 s whatever state the broker is in.
+const ROLES_STOP: Duration = Duration::from_secs(8);
 
 fn store_config_name(config: &StoreConfig) -> &'static str {
     match config {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use engine::coordinator::Coordinator;
 use engine::definition_registry::DefinitionRegistry;
+use engine::retention::Retention;
 use engine::runtime::{Runtime, RuntimeConfig};
 use engine::topics::Topics;
 use engine::transport::in_process::InProcessTransport;
@@ -97,13 +98,29 @@ pub struct Engine {
     pub runtime: Runtime,
 }
 
+/// How a started engine places itself and what it keeps.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Prefix of the consumer group ids (`<prefix>coordinator`, `<prefix>participant.<name>`).
+    pub group_prefix: String,
+    /// Retention of published outbox rows and deduplication records.
+    pub retention: Retention,
+}
+
+impl EngineOptions {
+    /// `group_prefix` with the default retention.
+    pub fn new(group_prefix: impl Into<String>) -> Self {
+        Self { group_prefix: group_prefix.into(), retention: Retention::default() }
+    }
+}
+
 /// Registers the built-in definition and starts the roles over `store` and `transport`.
 pub async fn start(
     store: Arc<dyn EventStore>,
     transport: Arc<dyn Transport>,
     topics: Topics,
     roles: Roles,
-    group_prefix: String,
+    options: EngineOptions,
 ) -> Result<Engine, StartError> {
     let registry = Arc::new(DefinitionRegistry::new(Arc::clone(&store)));
     registry.ensure(sagas::order_fulfilment()).await?;
@@ -118,11 +135,12 @@ pub async fn start(
         // Every process writes to the outbox (sagas started, replies): every one relays.
         relay: true,
         participants,
-        group_prefix,
+        group_prefix: options.group_prefix,
         timer_poll: Duration::from_millis(100),
         // The in-process transport means one process owns the store: its relay keeps one id,
         // so after a crash the next start takes over the claims at once.
         relay_id: (transport.name() == "in-process").then(|| "embedded".to_owned()),
+        retention: Some(options.retention),
     };
     let runtime = Runtime::start(Arc::clone(&store), Arc::clone(&transport), Arc::clone(&coordinator), config).await?;
     let orders = Arc::new(OrderService::new(Arc::clone(&coordinator), Arc::clone(&store)));

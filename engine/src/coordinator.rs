@@ -330,4 +330,8 @@ impl MessageHandler for ReplyHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<()> {
         self.0.handle_reply(delivery).await.map(|_| ())
     }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
+        self.0.dead_letter(delivery, reason).await.map(|_| ())
+    }
 }

@@ -67,16 +67,54 @@ pub struct Envelope {
     pub sent_at: DateTime<Utc>,
 }
 
+/// Longest `message_id` accepted (it becomes part of the deduplication record).
+pub const MAX_MESSAGE_ID_LEN: usize = 512;
+
+/// Whether any string (or object key) inside `value` holds a NUL.
+pub fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// A legal Kafka topic name: 1-249 of ASCII letters, digits, '.', '_' and '-'.
+pub fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 fn first_attempt() -> u32 {
     1
 }
 
 impl Envelope {
-    /// Parses and checks a message body.
+    /// Parses and checks a message body. This is the edge for wire messages: whatever
+    /// passes can be stored and answered (no NUL anywhere, a usable reply topic).
     pub fn parse(body: &[u8]) -> Result<Self, String> {
         let envelope: Self = serde_json::from_slice(body).map_err(|e| format!("not a valid envelope: {e}"))?;
-        if envelope.message_id.is_empty() {
-            return Err("message_id must not be empty".into());
+        if envelope.message_id.is_empty() || envelope.message_id.len() > MAX_MESSAGE_ID_LEN {
+            return Err(format!("message_id must be 1..={MAX_MESSAGE_ID_LEN} bytes"));
+        }
+        let strings = [Some(&envelope.message_id), Some(&envelope.step), Some(&envelope.message_type)]
+            .into_iter()
+            .chain([envelope.in_reply_to.as_ref(), envelope.reply_to.as_ref()]);
+        let reason = match &envelope.outcome {
+            Some(Outcome::Failure { reason, .. }) => reason.contains('\0'),
+            _ => false,
+        };
+        if strings.flatten().any(|s| s.contains('\0')) || reason || has_nul(&envelope.payload) {
+            return Err("the envelope contains a NUL character (U+0000), which cannot be stored".into());
+        }
+        if let Some(topic) = &envelope.reply_to {
+            if !valid_topic(topic) {
+                return Err(format!("reply_to '{topic}' is not a valid topic name"));
+            }
         }
         if envelope.kind == MessageKind::Reply && (envelope.in_reply_to.is_none() || envelope.outcome.is_none()) {
             return Err("a reply needs in_reply_to and outcome".into());
@@ -175,6 +213,30 @@ mod tests {
         let no_outcome =
             json!({"message_id": "r", "saga_id": saga, "kind": "reply", "step": "s", "type": "Do", "in_reply_to": "m"});
         assert!(Envelope::parse(no_outcome.to_string().as_bytes()).unwrap_err().contains("outcome"));
+    }
+
+    #[test]
+    fn envelopes_that_cannot_be_stored_are_refused_at_the_edge() {
+        let saga = Uuid::now_v7();
+        let reply = |field: &str, value: Value| {
+            let mut body = json!({"message_id": "r", "saga_id": saga, "kind": "reply", "step": "s", "type": "Do",
+                                  "in_reply_to": "m", "outcome": {"status": "failure", "reason": "no"}});
+            body[field] = value;
+            Envelope::parse(body.to_string().as_bytes())
+        };
+        assert!(reply("step", json!("s")).is_ok());
+        for (field, value) in [
+            ("message_id", json!("r\u{0}")),
+            ("in_reply_to", json!("m\u{0}")),
+            ("payload", json!({"note": "a\u{0}b"})),
+            ("payload", json!({"k\u{0}": 1})),
+            ("outcome", json!({"status": "failure", "reason": "x\u{0}"})),
+            ("reply_to", json!("no spaces allowed")),
+            ("message_id", json!("x".repeat(MAX_MESSAGE_ID_LEN + 1))),
+        ] {
+            let parsed = reply(field, value.clone());
+            assert!(parsed.is_err(), "{field} = {value} must be refused");
+        }
     }
 
     #[test]

@@ -22,11 +22,35 @@ pub enum Error {
     NotFound { what: &'static str, id: String },
     #[error("transport error: {0}")]
     Transport(String),
+    /// The transport refuses this message for good (too large, invalid topic, …); sending
+    /// it again cannot succeed. `index` is its place in the batch handed to `publish`.
+    #[error("message {index} of the batch cannot be published: {reason}")]
+    Unpublishable { index: usize, reason: String },
     #[error("invalid input: {0}")]
     Invalid(String),
     /// Input that breaks several rules; every one is listed.
     #[error("invalid {what}: {}", .problems.join("; "))]
     InvalidInput { what: &'static str, problems: Vec<String> },
+}
+
+impl Error {
+    /// Whether handling the same message again may succeed (store or transport unreachable,
+    /// a concurrent writer). A consumer retries only these; anything else goes to the
+    /// dead-letter topic, so one bad message cannot stop a partition.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Store(err) => err.is_transient(),
+            Self::Contention { .. } | Self::Transport(_) => true,
+            Self::Rejected(_)
+            | Self::Decode { .. }
+            | Self::Encode(_)
+            | Self::InvalidDefinition(_)
+            | Self::NotFound { .. }
+            | Self::Unpublishable { .. }
+            | Self::Invalid(_)
+            | Self::InvalidInput { .. } => false,
+        }
+    }
 }
 
 /// Result alias of the engine.

@@ -13,6 +13,7 @@ pub mod error;
 pub mod participant;
 pub mod relay;
 pub mod repository;
+pub mod retention;
 pub mod runtime;
 pub mod saga;
 pub mod timeouts;

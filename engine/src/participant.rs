@@ -133,4 +133,8 @@ impl MessageHandler for ParticipantRuntime {
     async fn handle(&self, delivery: &Delivery) -> Result<()> {
         self.handle_command(delivery).await.map(|_| ())
     }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
+        ParticipantRuntime::dead_letter(self, delivery, reason).await.map(|_| ())
+    }
 }

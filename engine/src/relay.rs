@@ -3,6 +3,7 @@
 //! the same message at the same time.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +11,15 @@ use event_store::{EventStore, OutboxMessage, OutgoingMessage};
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{HEADER_DLQ_REASON, HEADER_DLQ_SOURCE};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::transport::Transport;
 
-/// After this many failed tries of one batch, while the transport answers, the relay looks
-/// for the message that cannot be published.
-const POISON_AFTER_FAILURES: u32 = 5;
+/// How long a claim on outbox messages lasts unless renewed; the relay renews its claims
+/// every third of it while it works, so a crashed relay's claims pass to another in seconds.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// How long a stopping relay tries to publish what is left.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(5);
 
 /// Moves messages from the store's outbox to the transport.
 pub struct OutboxRelay {
@@ -29,14 +33,14 @@ pub struct OutboxRelay {
 }
 
 impl OutboxRelay {
-    /// A relay with a unique id, batches of 200 and leases (2 min) longer than a publish may take.
+    /// A relay with a unique id, batches of 200 and [`DEFAULT_LEASE`].
     pub fn new(store: Arc<dyn EventStore>, transport: Arc<dyn Transport>) -> Self {
         Self {
             store,
             transport,
             relay_id: format!("relay-{}", uuid::Uuid::now_v7()),
             batch: 200,
-            lease: Duration::from_secs(120),
+            lease: DEFAULT_LEASE,
             idle_poll: Duration::from_millis(250),
             dead_letter_topic: None,
         }
@@ -50,7 +54,14 @@ impl OutboxRelay {
         self
     }
 
-    /// Where a message that cannot be published at all is reported instead.
+    /// Uses another lease (renewed every third of it while the relay works).
+    #[must_use]
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Where a message the transport refuses for good is reported instead.
     #[must_use]
     pub fn with_dead_letter_topic(mut self, topic: String) -> Self {
         self.dead_letter_topic = Some(topic);
@@ -59,49 +70,74 @@ impl OutboxRelay {
 
     /// Publishes one batch; returns how many messages it published.
     pub async fn publish_batch(&self) -> Result<usize> {
-        let claimed = self.store.claim_outbox(&self.relay_id, self.batch, self.lease).await?;
-        self.publish_claimed(&claimed).await
+        let mut claimed = self.store.claim_outbox(&self.relay_id, self.batch, self.lease).await?;
+        self.holding_lease(self.publish_claimed(&mut claimed)).await
     }
 
-    async fn publish_claimed(&self, claimed: &[OutboxMessage]) -> Result<usize> {
-        if claimed.is_empty() {
-            return Ok(0);
-        }
-        let messages: Vec<_> = claimed.iter().map(|m| m.message.clone()).collect();
-        self.transport.publish(&messages).await?;
-        let ids: Vec<u64> = claimed.iter().map(|m| m.id).collect();
-        self.store.mark_published(&self.relay_id, &ids).await?;
-        Ok(ids.len())
-    }
-
-    /// Publishes a failing batch message by message; a message that fails alone while the
-    /// transport answers is replaced by a dead-letter record (its row stays in the outbox).
-    async fn isolate_poison(&self, claimed: &[OutboxMessage]) -> Result<usize> {
-        self.transport.ping().await?;
-        let Some(dead_letter_topic) = &self.dead_letter_topic else {
-            return self.publish_claimed(claimed).await;
-        };
-        for message in claimed {
-            if let Err(err) = self.publish_claimed(std::slice::from_ref(message)).await {
-                tracing::error!(relay = %self.relay_id, outbox_id = message.id, topic = %message.message.topic, error = %err,
-                    "outbox message cannot be published; dead-lettering a record of it");
-                let record = OutgoingMessage {
-                    topic: dead_letter_topic.clone(),
-                    key: message.message.key.clone(),
-                    payload: Vec::new(),
-                    headers: BTreeMap::from([
-                        (
-                            HEADER_DLQ_REASON.to_owned(),
-                            format!("cannot publish ({} bytes): {err}", message.message.payload.len()),
-                        ),
-                        (HEADER_DLQ_SOURCE.to_owned(), format!("outbox:{}:{}", message.id, message.message.topic)),
-                    ]),
-                };
-                self.transport.publish(&[record]).await?;
-                self.store.mark_published(&self.relay_id, &[message.id]).await?;
+    /// Runs `work` while renewing this relay's claims, so that they outlive a slow publish
+    /// but not a crash.
+    async fn holding_lease<T>(&self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut renew = tokio::time::interval(self.lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = renew.tick() => {
+                    if let Err(err) = self.store.renew_claims(&self.relay_id, self.lease).await {
+                        tracing::warn!(relay = %self.relay_id, error = %err, "cannot renew outbox claims");
+                    }
+                }
             }
         }
-        Ok(claimed.len())
+    }
+
+    /// Publishes `claimed` and marks it published. A message the transport refuses for good
+    /// is replaced by a dead-letter record (its row stays in the outbox table) and the rest
+    /// go on; any other failure leaves `claimed` as it is, to be tried again.
+    async fn publish_claimed(&self, claimed: &mut Vec<OutboxMessage>) -> Result<usize> {
+        let mut published = 0;
+        while !claimed.is_empty() {
+            let messages: Vec<_> = claimed.iter().map(|m| m.message.clone()).collect();
+            match self.transport.publish(&messages).await {
+                Ok(()) => {
+                    let ids: Vec<u64> = claimed.iter().map(|m| m.id).collect();
+                    self.store.mark_published(&self.relay_id, &ids).await?;
+                    published += ids.len();
+                    claimed.clear();
+                }
+                Err(Error::Unpublishable { index, reason }) if index < claimed.len() => {
+                    self.dead_letter(&claimed[index], &reason).await?;
+                    claimed.remove(index);
+                    published += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(published)
+    }
+
+    async fn dead_letter(&self, message: &OutboxMessage, reason: &str) -> Result<()> {
+        tracing::error!(relay = %self.relay_id, outbox_id = message.id, topic = %message.message.topic, %reason,
+            "the transport refuses an outbox message for good; dead-lettering a record of it");
+        if let Some(topic) = &self.dead_letter_topic {
+            let mut headers: BTreeMap<String, String> = message.message.headers.clone();
+            headers.insert(
+                HEADER_DLQ_REASON.to_owned(),
+                format!("cannot publish ({} bytes): {reason}", message.message.payload.len()),
+            );
+            headers.insert(HEADER_DLQ_SOURCE.to_owned(), format!("outbox:{}:{}", message.id, message.message.topic));
+            let record = OutgoingMessage {
+                topic: topic.clone(),
+                key: message.message.key.clone(),
+                payload: Vec::new(),
+                headers,
+            };
+            self.transport.publish(&[record]).await?;
+        }
+        self.store.mark_published(&self.relay_id, &[message.id]).await?;
+        Ok(())
     }
 
     /// Publishes until the outbox is empty (or an error stops it).
@@ -116,17 +152,11 @@ impl OutboxRelay {
         }
     }
 
-    async fn step(&self, unpublished: &mut Vec<OutboxMessage>, failures: u32) -> Result<usize> {
+    async fn step(&self, unpublished: &mut Vec<OutboxMessage>) -> Result<usize> {
         if unpublished.is_empty() {
             *unpublished = self.store.claim_outbox(&self.relay_id, self.batch, self.lease).await?;
         }
-        let n = if failures >= POISON_AFTER_FAILURES {
-            self.isolate_poison(unpublished).await?
-        } else {
-            self.publish_claimed(unpublished).await?
-        };
-        unpublished.clear();
-        Ok(n)
+        self.holding_lease(self.publish_claimed(unpublished)).await
     }
 
     /// Runs until cancelled, then flushes what is left.
@@ -141,7 +171,7 @@ impl OutboxRelay {
             changes.borrow_and_update();
             let result = tokio::select! {
                 () = cancel.cancelled() => break,
-                result = self.step(&mut unpublished, failures) => result,
+                result = self.step(&mut unpublished) => result,
             };
             match result {
                 Ok(n) => {
@@ -156,14 +186,15 @@ impl OutboxRelay {
                 }
             }
             let wait =
-                if failures == 0 { self.idle_poll } else { Duration::from_millis(200 * u64::from(failures.min(25))) };
+                if failures == 0 { self.idle_poll } else { Duration::from_millis(200 * u64::from(failures.min(15))) };
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = changes.changed(), if failures == 0 => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        match tokio::time::timeout(Duration::from_secs(10), self.flush()).await {
+        // Bounded: with the transport gone, what is left simply stays in the outbox.
+        match tokio::time::timeout(FLUSH_ON_STOP, self.flush()).await {
             Ok(Ok(n)) => tracing::info!(relay = %self.relay_id, flushed = n, "outbox relay stopped"),
             Ok(Err(err)) => {
                 tracing::info!(relay = %self.relay_id, error = %err, "outbox relay stopped; the rest stays in the outbox");
@@ -172,5 +203,102 @@ impl OutboxRelay {
                 tracing::warn!(relay = %self.relay_id, "outbox relay flush timed out; the rest stays in the outbox")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use event_store::memory::MemoryEventStore;
+    use event_store::Commit;
+
+    use super::*;
+    use crate::transport::Consumer;
+
+    /// Fails the first `transient` publishes, refuses topic "too-big" for good, and records
+    /// what it accepted.
+    #[derive(Default)]
+    struct Flaky {
+        transient: Mutex<u32>,
+        accepted: Mutex<Vec<OutgoingMessage>>,
+    }
+
+    #[async_trait]
+    impl Transport for Flaky {
+        async fn ensure_topics(&self, _topics: &[String]) -> Result<()> {
+            Ok(())
+        }
+
+        async fn publish(&self, messages: &[OutgoingMessage]) -> Result<()> {
+            {
+                let mut transient = self.transient.lock().unwrap();
+                if *transient > 0 {
+                    *transient -= 1;
+                    return Err(Error::Transport("NOT_ENOUGH_REPLICAS".into()));
+                }
+            }
+            if let Some(index) = messages.iter().position(|m| m.topic == "too-big") {
+                return Err(Error::Unpublishable { index, reason: "MessageSizeTooLarge".into() });
+            }
+            self.accepted.lock().unwrap().extend_from_slice(messages);
+            Ok(())
+        }
+
+        async fn subscribe(&self, _group: &str, _topics: &[String]) -> Result<Box<dyn Consumer>> {
+            Err(Error::Transport("not for this test".into()))
+        }
+
+        async fn ping(&self) -> Result<()> {
+            Ok(())
+        }
+
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+    }
+
+    fn message(topic: &str, n: u8) -> OutgoingMessage {
+        OutgoingMessage { topic: topic.into(), key: "k".into(), payload: vec![n], headers: BTreeMap::new() }
+    }
+
+    #[tokio::test]
+    async fn temporary_failures_are_retried_without_dead_lettering_anything() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        let commit = Commit::default().with_message(message("t", 1)).with_message(message("t", 2));
+        store.commit(commit).await.unwrap();
+        let transport = Arc::new(Flaky { transient: Mutex::new(6), ..Flaky::default() });
+        let relay = OutboxRelay::new(Arc::clone(&store), transport.clone()).with_dead_letter_topic("dlq".into());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(relay.run(cancel.clone()));
+        for _ in 0..200 {
+            if store.outbox_pending().await.unwrap() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cancel.cancel();
+        task.await.unwrap();
+        let accepted = transport.accepted.lock().unwrap().clone();
+        assert_eq!(accepted, [message("t", 1), message("t", 2)], "published once the broker recovered");
+    }
+
+    #[tokio::test]
+    async fn only_a_message_refused_for_good_is_replaced_by_a_dead_letter_record() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        let commit = Commit::default()
+            .with_message(message("t", 1))
+            .with_message(message("too-big", 2))
+            .with_message(message("t", 3));
+        store.commit(commit).await.unwrap();
+        let transport = Arc::new(Flaky::default());
+        let relay = OutboxRelay::new(Arc::clone(&store), transport.clone()).with_dead_letter_topic("dlq".into());
+        assert_eq!(relay.flush().await.unwrap(), 3);
+        let accepted = transport.accepted.lock().unwrap().clone();
+        let topics: Vec<&str> = accepted.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(topics, ["dlq", "t", "t"]);
+        assert!(accepted[0].headers[HEADER_DLQ_REASON].contains("MessageSizeTooLarge"));
+        assert_eq!(store.outbox_pending().await.unwrap(), 0);
     }
 }

@@ -13,6 +13,7 @@ use crate::coordinator::{Coordinator, ReplyHandler};
 use crate::error::Result;
 use crate::participant::{CommandHandler, ParticipantRuntime};
 use crate::relay::OutboxRelay;
+use crate::retention::{run_retention, Retention};
 use crate::timeouts::run_timeouts;
 use crate::transport::Transport;
 
@@ -30,6 +31,9 @@ pub struct RuntimeConfig {
     pub timer_poll: Duration,
     /// A stable relay id, for a process that is alone on its store (embedded mode).
     pub relay_id: Option<String>,
+    /// How long published outbox rows and deduplication records are kept; `None` keeps
+    /// everything.
+    pub retention: Option<Retention>,
 }
 
 impl Default for RuntimeConfig {
@@ -41,6 +45,7 @@ impl Default for RuntimeConfig {
             group_prefix: "sagaflow.".to_owned(),
             timer_poll: Duration::from_millis(100),
             relay_id: None,
+            retention: Some(Retention::default()),
         }
     }
 }
@@ -93,15 +98,31 @@ impl Runtime {
             }
             tasks.push(tokio::spawn(relay.run(cancel.clone())));
         }
+        if let Some(retention) = config.retention {
+            tasks.push(tokio::spawn(run_retention(Arc::clone(&store), retention, cancel.clone())));
+        }
         Ok(Self { cancel, tasks })
     }
 
     /// Graceful stop: consumers stop between messages, the relay flushes the outbox.
     pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_secs(3600)).await;
+    }
+
+    /// Graceful stop that gives up after `budget` (say, with the broker unreachable): tasks
+    /// still running then are aborted. Nothing is lost: an effect is durable before its
+    /// offset is committed, and what is not yet published stays in the outbox.
+    pub async fn shutdown_within(self, budget: Duration) {
         self.cancel.cancel();
-        for task in self.tasks {
-            if let Err(err) = task.await {
-                tracing::warn!(error = %err, "background task ended abnormally");
+        let deadline = tokio::time::Instant::now() + budget;
+        for mut task in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "background task ended abnormally"),
+                Err(_) => {
+                    tracing::warn!("background task did not stop in time; aborting it");
+                    task.abort();
+                }
             }
         }
     }

@@ -142,6 +142,10 @@ pub struct StepState {
     pub status: StepStatus,
     pub attempts: u32,
     pub compensation_attempts: u32,
+    /// An attempt timed out, so its command may still land and take effect: whatever
+    /// later attempts report, the step counts as possibly applied.
+    #[serde(default)]
+    pub possibly_applied: bool,
 }
 
 impl StepState {
@@ -168,6 +172,16 @@ impl StepState {
 
     fn timed_out(&mut self) {
         self.status = StepStatus::TimedOut;
+        self.possibly_applied = true;
+    }
+
+    /// Whether the step took, or may have taken, effect.
+    fn may_have_applied(&self) -> bool {
+        match self.status {
+            StepStatus::Succeeded | StepStatus::TimedOut => true,
+            StepStatus::Failed => self.possibly_applied,
+            _ => false,
+        }
     }
 
     fn waiting_to_retry(&mut self, phase: Phase) {
@@ -269,6 +283,7 @@ impl SagaState {
                         status: StepStatus::Pending,
                         attempts: 0,
                         compensation_attempts: 0,
+                        possibly_applied: false,
                     })
                     .collect();
                 self.definition = Some(definition.clone());
@@ -439,6 +454,18 @@ impl Decision {
     }
 
     fn begin_compensation(&mut self, failed: usize, reason: String) {
+        let failed_is_pivot = self.state.step_def(failed).is_some_and(|s| s.compensation.is_none());
+        if failed_is_pivot && self.state.steps.get(failed).is_some_and(|s| s.possibly_applied) {
+            // An earlier attempt of the pivot timed out and may still land: undoing the steps
+            // before it could leave it applied with nothing under it. An operator must decide.
+            let step = self.name(failed);
+            self.emit(SagaEvent::SagaFailed {
+                reason: format!(
+                    "pivot step '{step}' had an attempt time out; its outcome is unknown and it cannot be compensated ({reason})"
+                ),
+            });
+            return;
+        }
         let pivot = (0..failed)
             .find(|i| self.state.step_def(*i).is_some_and(|s| s.compensation.is_none()))
             .map(|i| self.name(i));
@@ -450,7 +477,7 @@ impl Decision {
             return;
         }
         self.emit(SagaEvent::CompensationStarted { failed_step: self.name(failed), reason });
-        // A step that timed out may still have taken effect: it is compensated too.
+        // A step that timed out (in any attempt) may still take effect: it is compensated too.
         self.compensate_below(failed + 1);
     }
 
@@ -459,10 +486,7 @@ impl Decision {
     fn compensate_below(&mut self, below: usize) {
         let next = (0..below.min(self.state.steps.len())).rev().find(|i| {
             let compensable = self.state.step_def(*i).is_some_and(|s| s.compensation.is_some());
-            self.state
-                .steps
-                .get(*i)
-                .is_some_and(|s| compensable && matches!(s.status, StepStatus::Succeeded | StepStatus::TimedOut))
+            compensable && self.state.steps.get(*i).is_some_and(StepState::may_have_applied)
         });
         match next {
             Some(index) => self.send(index, Phase::Compensation, 1),
@@ -772,6 +796,32 @@ mod tests {
         let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("pivot", None, 1)]);
         saga.ok(json!({}));
         assert_eq!(saga.fail("no", false), ["StepFailed", "CompensationStarted", "CompensationSent"]);
+    }
+
+    #[test]
+    fn a_refusal_after_a_timed_out_attempt_still_compensates_the_step() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("b", Some("UndoB"), 2)]);
+        saga.ok(json!({}));
+        assert_eq!(saga.timer(2), ["StepTimedOut", "StepRetryScheduled"]);
+        assert_eq!(saga.timer(3), ["StepCommandSent"]);
+        // Attempt 2 is refused, but attempt 1 may still land and take effect.
+        assert_eq!(saga.fail("no credit", false), ["StepFailed", "CompensationStarted", "CompensationSent"]);
+        let undo = saga.state.command_for(saga.log.last().unwrap()).unwrap();
+        assert_eq!(undo.command_type, "UndoB", "the possibly applied step is undone first");
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "CompensationSent"]);
+        assert_eq!(saga.state.command_for(saga.log.last().unwrap()).unwrap().command_type, "UndoA");
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
+    }
+
+    #[test]
+    fn a_pivot_refusal_after_a_timed_out_attempt_leaves_the_outcome_unknown() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("pivot", None, 2)]);
+        saga.ok(json!({}));
+        assert_eq!(saga.timer(2), ["StepTimedOut", "StepRetryScheduled"]);
+        assert_eq!(saga.timer(3), ["StepCommandSent"]);
+        assert_eq!(saga.fail("no", false), ["StepFailed", "SagaFailed"]);
+        assert!(saga.state.reason.as_deref().unwrap().contains("outcome is unknown"));
+        assert_eq!(saga.state.steps[0].status, StepStatus::Succeeded, "nothing undone under the pivot");
     }
 
     #[test]

@@ -34,9 +34,67 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl Error {
+    /// Whether trying the same operation again may succeed: the database was unreachable,
+    /// busy or shutting down, or a concurrent writer won. Everything else (data the store
+    /// refuses, a broken schema) fails again the same way.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::WrongExpectedVersion { .. } | Self::AlreadyProcessed { .. } => true,
+            Self::DuplicateEventId { .. } | Self::PartialIdempotentAppend { .. } | Self::Invalid(_) => false,
+            Self::Database(err) => sqlx_is_transient(err),
+            Self::Migrate(_) => false,
+        }
+    }
+}
+
+fn sqlx_is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| database_code_is_transient(&code)),
+        _ => false,
+    }
+}
+
+/// PostgreSQL SQLSTATE classes of connection trouble (08), rollbacks for serialization or
+/// deadlock (40), exhausted resources (53), operator intervention such as a shutdown (57)
+/// and system errors (58); SQLite's busy, locked, I/O, full and cannot-open codes.
+fn database_code_is_transient(code: &str) -> bool {
+    // A SQLSTATE has five characters; SQLite's (extended) result codes have at most four digits.
+    if code.len() < 5 {
+        return code.parse::<u32>().is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14));
+    }
+    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58"))
+}
+
 fn display_actual(actual: Option<u64>) -> String {
     actual.map_or_else(|| "no stream".to_owned(), |v| v.to_string())
 }
 
 /// Result alias of the event store.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_or_busy_databases_are_transient_and_refused_data_is_not() {
+        assert!(Error::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(Error::Database(sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into())).is_transient());
+        assert!(!Error::Invalid("NUL".into()).is_transient());
+        assert!(!Error::Database(sqlx::Error::RowNotFound).is_transient());
+        assert!(database_code_is_transient("57P01"), "admin shutdown");
+        assert!(database_code_is_transient("08006"), "connection failure");
+        assert!(database_code_is_transient("40001"), "serialization failure");
+        assert!(!database_code_is_transient("22P05"), "untranslatable character (a NUL)");
+        assert!(!database_code_is_transient("23505"), "unique violation");
+        assert!(database_code_is_transient("5") && database_code_is_transient("517"), "SQLITE_BUSY");
+        assert!(!database_code_is_transient("19"), "SQLITE_CONSTRAINT");
+    }
+}

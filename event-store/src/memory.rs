@@ -1,6 +1,6 @@
 //! In-memory backend for unit tests: same contract as the durable ones, nothing survives a restart.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use crate::store::{validate_commit, EventStore};
 struct OutboxEntry {
     message: OutboxMessage,
     claim: Option<(String, DateTime<Utc>)>,
-    published: bool,
+    published: Option<DateTime<Utc>>,
 }
 
 #[derive(Default)]
@@ -26,7 +26,8 @@ struct State {
     event_streams: HashMap<Uuid, String>,
     snapshots: HashMap<String, BTreeMap<u64, Snapshot>>,
     outbox: Vec<OutboxEntry>,
-    processed: HashSet<(String, String)>,
+    outbox_ids: u64,
+    processed: HashMap<(String, String), DateTime<Utc>>,
     timers: HashMap<String, DateTime<Utc>>,
 }
 
@@ -100,7 +101,7 @@ impl EventStore for MemoryEventStore {
             plans.push((current, None));
         }
         if let Some(p) = &commit.processed {
-            if state.processed.contains(&(p.consumer.clone(), p.message_id.clone())) {
+            if state.processed.contains_key(&(p.consumer.clone(), p.message_id.clone())) {
                 return Err(Error::AlreadyProcessed { consumer: p.consumer.clone(), message_id: p.message_id.clone() });
             }
         }
@@ -142,14 +143,15 @@ impl EventStore for MemoryEventStore {
             });
         }
         if let Some(p) = commit.processed {
-            state.processed.insert((p.consumer, p.message_id));
+            state.processed.insert((p.consumer, p.message_id), Utc::now());
         }
         for message in commit.outbox {
-            let id = state.outbox.len() as u64 + 1;
+            state.outbox_ids += 1;
+            let id = state.outbox_ids;
             state.outbox.push(OutboxEntry {
                 message: OutboxMessage { id, message, created_at: Utc::now() },
                 claim: None,
-                published: false,
+                published: None,
             });
         }
         for timer in commit.timers {
@@ -222,7 +224,9 @@ impl EventStore for MemoryEventStore {
             if claimed.len() >= limit {
                 break;
             }
-            if entry.published || entry.claim.as_ref().is_some_and(|(by, until)| *until >= now && by != relay_id) {
+            if entry.published.is_some()
+                || entry.claim.as_ref().is_some_and(|(by, until)| *until >= now && by != relay_id)
+            {
                 continue;
             }
             entry.claim = Some((relay_id.to_owned(), until));
@@ -235,14 +239,51 @@ impl EventStore for MemoryEventStore {
         let mut state = self.lock();
         for entry in &mut state.outbox {
             if ids.contains(&entry.message.id) && entry.claim.as_ref().is_some_and(|(r, _)| r == relay_id) {
-                entry.published = true;
+                entry.published.get_or_insert_with(Utc::now);
             }
         }
         Ok(())
     }
 
     async fn outbox_pending(&self) -> Result<u64> {
-        Ok(self.lock().outbox.iter().filter(|e| !e.published).count() as u64)
+        Ok(self.lock().outbox.iter().filter(|e| e.published.is_none()).count() as u64)
+    }
+
+    async fn renew_claims(&self, relay_id: &str, lease: Duration) -> Result<u64> {
+        let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let mut state = self.lock();
+        let mut renewed = 0;
+        for entry in state.outbox.iter_mut().filter(|e| e.published.is_none()) {
+            if let Some((by, claimed_until)) = &mut entry.claim {
+                if by == relay_id {
+                    *claimed_until = until;
+                    renewed += 1;
+                }
+            }
+        }
+        Ok(renewed)
+    }
+
+    async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        let mut state = self.lock();
+        let mut deleted = 0_usize;
+        state.outbox.retain(|e| {
+            let expired = deleted < limit && e.published.is_some_and(|at| at < before);
+            deleted += usize::from(expired);
+            !expired
+        });
+        Ok(deleted as u64)
+    }
+
+    async fn delete_processed_messages(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        let mut state = self.lock();
+        let mut deleted = 0_usize;
+        state.processed.retain(|_, at| {
+            let expired = deleted < limit && *at < before;
+            deleted += usize::from(expired);
+            !expired
+        });
+        Ok(deleted as u64)
     }
 
     async fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>> {

@@ -400,6 +400,43 @@ impl EventStore for PgEventStore {
         Ok(())
     }
 
+    async fn renew_claims(&self, relay_id: &str, lease: Duration) -> Result<u64> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        Ok(sqlx::query(
+            "UPDATE outbox SET claimed_until = now() + $2 * interval '1 millisecond'
+             WHERE claimed_by = $1 AND published_at IS NULL",
+        )
+        .bind(relay_id)
+        .bind(lease_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM outbox WHERE id = ANY(ARRAY(
+               SELECT id FROM outbox WHERE published_at < $1 ORDER BY published_at LIMIT $2))",
+        )
+        .bind(before)
+        .bind(limit_of(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn delete_processed_messages(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM processed_messages WHERE ctid = ANY(ARRAY(
+               SELECT ctid FROM processed_messages WHERE processed_at < $1 ORDER BY processed_at LIMIT $2))",
+        )
+        .bind(before)
+        .bind(limit_of(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     async fn outbox_pending(&self) -> Result<u64> {
         let n: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;

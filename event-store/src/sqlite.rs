@@ -360,6 +360,43 @@ impl EventStore for SqliteEventStore {
         Ok(())
     }
 
+    async fn renew_claims(&self, relay_id: &str, lease: Duration) -> Result<u64> {
+        let until = micros(Utc::now()).saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        let _writer = self.write.lock().await;
+        Ok(sqlx::query("UPDATE outbox SET claimed_until = ? WHERE claimed_by = ? AND published_at IS NULL")
+            .bind(until)
+            .bind(relay_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        let _writer = self.write.lock().await;
+        Ok(sqlx::query(
+            "DELETE FROM outbox WHERE id IN (
+               SELECT id FROM outbox WHERE published_at < ? ORDER BY published_at LIMIT ?)",
+        )
+        .bind(micros(before))
+        .bind(limit_of(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn delete_processed_messages(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        let _writer = self.write.lock().await;
+        Ok(sqlx::query(
+            "DELETE FROM processed_messages WHERE rowid IN (
+               SELECT rowid FROM processed_messages WHERE processed_at < ? ORDER BY processed_at LIMIT ?)",
+        )
+        .bind(micros(before))
+        .bind(limit_of(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     async fn outbox_pending(&self) -> Result<u64> {
         let n: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;

@@ -46,6 +46,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// Marks messages claimed by `relay_id` as published.
     async fn mark_published(&self, relay_id: &str, ids: &[u64]) -> Result<()>;
 
+    /// Extends, to `lease` from now, every claim `relay_id` holds on unpublished messages.
+    /// A live relay renews while it works, so leases can be short and a crashed relay's
+    /// claims pass to another within one lease. Returns how many claims were renewed.
+    async fn renew_claims(&self, relay_id: &str, lease: Duration) -> Result<u64>;
+
+    /// Deletes up to `limit` outbox messages published before `before` (retention).
+    /// Returns how many were deleted; fewer than `limit` means none is left.
+    async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
+
+    /// Deletes up to `limit` processed-message records older than `before` (the end of the
+    /// deduplication window). Returns how many were deleted.
+    async fn delete_processed_messages(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
+
     /// How many outbox messages are not yet published.
     async fn outbox_pending(&self) -> Result<u64>;
 
@@ -100,6 +113,22 @@ pub(crate) fn validate_commit(commit: &Commit) -> Result<()> {
             if has_nul(&event.data) || has_nul(&event.metadata) {
                 return Err(Error::Invalid(format!("event data for '{}' contains a NUL character", append.stream_id)));
             }
+        }
+    }
+    if let Some(processed) = &commit.processed {
+        if processed.consumer.contains('\0') || processed.message_id.contains('\0') {
+            return Err(Error::Invalid("a processed-message id contains a NUL character".into()));
+        }
+    }
+    for message in &commit.outbox {
+        let nul = message.topic.contains('\0')
+            || message.key.contains('\0')
+            || message.headers.iter().any(|(k, v)| k.contains('\0') || v.contains('\0'));
+        if nul {
+            return Err(Error::Invalid(format!(
+                "an outbox message for '{}' has a NUL in its key or headers",
+                message.topic
+            )));
         }
     }
     let mut ids: Vec<&str> = commit.appends.iter().map(|a| a.stream_id.as_str()).collect();

@@ -23,12 +23,15 @@ pub enum OrderViewStatus {
     Pending,
     Approved,
     Rejected,
+    /// The saga stopped without knowing whether the order was approved (its approval timed
+    /// out, or a compensation kept failing): not a final answer, an operator must resolve it.
+    OutcomeUnknown,
 }
 
 impl OrderViewStatus {
     /// Whether the order will not change any more.
     pub fn is_terminal(self) -> bool {
-        self != Self::Pending
+        matches!(self, Self::Approved | Self::Rejected)
     }
 }
 
@@ -104,6 +107,9 @@ impl OrderService {
             (SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed, OrderStatus::Cancelled) => {
                 (OrderViewStatus::Rejected, order.state.reason.clone())
             }
+            // Created but neither approved nor cancelled by a failed saga: a late approval may
+            // still land, so this is no final answer.
+            (SagaStatus::Failed, OrderStatus::Created) => (OrderViewStatus::OutcomeUnknown, saga.state.reason.clone()),
             (SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed, _) => {
                 (OrderViewStatus::Rejected, saga.state.reason.clone())
             }
@@ -119,5 +125,49 @@ impl OrderService {
             saga_id,
             version: saga.version + order.version,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::codec::encode;
+    use engine::definition_registry::DefinitionRegistry;
+    use engine::saga::SagaEvent;
+    use engine::topics::Topics;
+    use event_store::memory::MemoryEventStore;
+    use event_store::{EventStoreExt, ExpectedVersion};
+
+    use crate::order::OrderCommand;
+
+    #[tokio::test]
+    async fn a_pivot_with_an_unknown_outcome_is_not_shown_as_a_final_rejection() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        let registry = Arc::new(DefinitionRegistry::new(Arc::clone(&store)));
+        registry.ensure(crate::order_fulfilment()).await.unwrap();
+        let coordinator = Arc::new(Coordinator::new(Arc::clone(&store), registry, Topics::new("t")));
+        let service = OrderService::new(coordinator, Arc::clone(&store));
+        let order: NewOrder = serde_json::from_value(serde_json::json!(
+            {"customer_id": "c", "items": [{"sku": "A", "quantity": 1, "unit_price": "2.00"}]}))
+        .unwrap();
+        let submitted = service.submit(order).await.unwrap();
+        let id = submitted.order_id.clone();
+        let orders = Repository::<Order>::new(Arc::clone(&store));
+        let create = OrderCommand::Create { customer_id: "c".into(), items: vec![], total: Decimal::from(2) };
+        orders.execute(&id, &create).await.unwrap();
+        // The pivot (approve-order) timed out: the saga fails with an unknown outcome.
+        let stream = engine::coordinator::saga_stream(submitted.saga_id);
+        let version = store.stream_version(&stream).await.unwrap();
+        let failed = encode(&SagaEvent::SagaFailed { reason: "pivot step 'approve-order' timed out".into() }).unwrap();
+        store.append(&stream, ExpectedVersion::from_current(version), vec![failed]).await.unwrap();
+
+        let view = service.view(&id).await.unwrap().unwrap();
+        assert_eq!(view.status, OrderViewStatus::OutcomeUnknown);
+        assert!(!view.status.is_terminal(), "an unknown outcome is no final answer");
+        assert!(view.reason.unwrap().contains("timed out"));
+
+        // The late approval lands: now, and only now, the answer is final.
+        orders.execute(&id, &OrderCommand::Approve).await.unwrap();
+        assert_eq!(service.view(&id).await.unwrap().unwrap().status, OrderViewStatus::Approved);
     }
 }

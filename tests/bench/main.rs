@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::server::{self, Roles};
+use api::server::{self, EngineOptions, Roles};
 use engine::coordinator::saga_stream;
 use engine::topics::Topics;
 use engine::transport::in_process::InProcessTransport;
@@ -72,10 +72,15 @@ async fn appends(name: &str, store: Arc<dyn EventStore>, writers: usize, per_wri
 
 async fn orders(name: &str, store: Arc<dyn EventStore>, transport: Arc<dyn Transport>, count: usize) {
     let prefix = format!("bench{}", uuid::Uuid::now_v7().simple());
-    let engine =
-        server::start(Arc::clone(&store), transport, Topics::new(prefix.clone()), Roles::ALL, format!("{prefix}."))
-            .await
-            .unwrap();
+    let engine = server::start(
+        Arc::clone(&store),
+        transport,
+        Topics::new(prefix.clone()),
+        Roles::ALL,
+        EngineOptions::new(format!("{prefix}.")),
+    )
+    .await
+    .unwrap();
     let state = engine.state.clone();
     let repo = engine::Repository::<sagas::inventory::Inventory>::new(Arc::clone(&store));
     repo.execute("B", &sagas::inventory::InventoryCommand::SetStock { available: 1_000_000 }).await.unwrap();

@@ -298,6 +298,59 @@ pub async fn expired_outbox_lease_is_claimed_again(store: Arc<dyn EventStore>, _
     assert_eq!(store.outbox_pending().await.unwrap(), 0);
 }
 
+pub async fn a_renewed_lease_outlives_its_first_term_and_a_dead_one_passes_on(
+    store: Arc<dyn EventStore>,
+    _other: Arc<dyn EventStore>,
+) {
+    let message =
+        |n| OutgoingMessage { topic: "t".into(), key: "k".into(), payload: vec![n], headers: BTreeMap::new() };
+    store.commit(Commit::default().with_message(message(1))).await.unwrap();
+    let lease = Duration::from_millis(600);
+    let claimed = store.claim_outbox("live", 10, lease).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.renew_claims("live", lease).await.unwrap(), 1);
+    }
+    assert!(store.claim_outbox("other", 10, lease).await.unwrap().is_empty(), "renewed past its first 600 ms");
+    // The live relay stops renewing (it crashed): within one lease, another takes over.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let taken = store.claim_outbox("other", 10, lease).await.unwrap();
+    assert_eq!(taken.iter().map(|m| m.id).collect::<Vec<_>>(), vec![claimed[0].id]);
+    assert_eq!(store.renew_claims("live", lease).await.unwrap(), 0, "a relay renews only its own claims");
+    store.mark_published("other", &[claimed[0].id]).await.unwrap();
+    assert_eq!(store.renew_claims("other", lease).await.unwrap(), 0, "published rows are not renewed");
+}
+
+pub async fn retention_deletes_old_published_rows_and_dedup_records_in_batches(
+    store: Arc<dyn EventStore>,
+    _other: Arc<dyn EventStore>,
+) {
+    let message =
+        |n| OutgoingMessage { topic: "t".into(), key: "k".into(), payload: vec![n], headers: BTreeMap::new() };
+    for n in 0..5 {
+        store.commit(Commit::default().with_message(message(n)).processing("c", format!("old-{n}"))).await.unwrap();
+    }
+    let published: Vec<u64> =
+        store.claim_outbox("r", 3, Duration::from_secs(10)).await.unwrap().iter().map(|m| m.id).collect();
+    store.mark_published("r", &published).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cut = chrono::Utc::now();
+    store.commit(Commit::default().processing("c", "new")).await.unwrap();
+
+    assert_eq!(store.delete_published_outbox(cut, 2).await.unwrap(), 2, "one batch");
+    assert_eq!(store.delete_published_outbox(cut, 2).await.unwrap(), 1);
+    assert_eq!(store.delete_published_outbox(cut, 2).await.unwrap(), 0);
+    assert_eq!(store.outbox_pending().await.unwrap(), 2, "unpublished messages are kept");
+    assert_eq!(store.claim_outbox("r", 10, Duration::from_secs(10)).await.unwrap().len(), 2);
+
+    assert_eq!(store.delete_processed_messages(cut, 10).await.unwrap(), 5);
+    let redelivered_old = store.commit(Commit::default().processing("c", "old-0")).await;
+    assert!(redelivered_old.is_ok(), "past the window the record is gone");
+    let redelivered_new = store.commit(Commit::default().processing("c", "new")).await.unwrap_err();
+    assert!(matches!(redelivered_new, Error::AlreadyProcessed { .. }), "inside the window it is kept");
+}
+
 pub async fn processed_message_record_makes_a_redelivered_effect_a_no_op(
     store: Arc<dyn EventStore>,
     _other: Arc<dyn EventStore>,

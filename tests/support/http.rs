@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use api::server::{self, Engine, Roles};
+use api::server::{self, Engine, EngineOptions, Roles};
 use engine::topics::Topics;
 use engine::transport::in_process::InProcessTransport;
 use engine::transport::Transport;
@@ -33,10 +33,15 @@ impl TestServer {
         init_tracing();
         let prefix = unique_prefix();
         let topics = Topics::new(prefix.clone());
-        let engine =
-            server::start(Arc::clone(&store), Arc::clone(&transport), topics.clone(), Roles::ALL, format!("{prefix}."))
-                .await
-                .expect("engine starts");
+        let engine = server::start(
+            Arc::clone(&store),
+            Arc::clone(&transport),
+            topics.clone(),
+            Roles::ALL,
+            EngineOptions::new(format!("{prefix}.")),
+        )
+        .await
+        .expect("engine starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("loopback port");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let stop = CancellationToken::new();

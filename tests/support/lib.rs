@@ -6,6 +6,8 @@
 
 pub mod contract;
 pub mod http;
+pub mod process;
+pub mod shop;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,8 +56,7 @@ pub fn kafka_transport() -> Arc<dyn Transport> {
     Arc::new(KafkaTransport::new(config).expect("kafka transport"))
 }
 
-/// A fresh topic prefix and consumer-group prefix, so tests never share topics or groups
-/// (the test broker has a group-rejoin bug that fresh groups avoid).
+/// A fresh topic prefix and consumer-group prefix, so tests never share topics or groups.
 pub fn unique_prefix() -> String {
     format!("t{}", Uuid::now_v7().simple())
 }
@@ -98,6 +99,7 @@ impl OrderHarness {
             group_prefix: format!("{}.g{generation}.", self.prefix),
             timer_poll: Duration::from_millis(50),
             relay_id: None,
+            retention: None,
         };
         Runtime::start(Arc::clone(&self.store), Arc::clone(&self.transport), Arc::clone(&self.coordinator), config)
             .await

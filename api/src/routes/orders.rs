@@ -52,8 +52,30 @@ async fn stored_record(state: &AppState, stream: &str) -> ApiResult<Option<Idemp
     Ok(events.first().and_then(|e| serde_json::from_value(e.data.clone()).ok()))
 }
 
+/// What identifies an order body under an `Idempotency-Key`: the order serialized (serde
+/// fixes the field order) with every price normalized, so `"10.5"` and `"10.50"` are one
+/// request.
+fn fingerprint(order: &NewOrder) -> ApiResult<String> {
+    let mut normalized = order.clone();
+    for line in &mut normalized.items {
+        line.unit_price = line.unit_price.normalize();
+    }
+    Ok(serde_json::to_string(&normalized).map_err(engine::Error::Encode)?)
+}
+
+/// Whether a stored fingerprint is the one of this request. Records stored before prices
+/// were normalized hold the order as it was spelled; such a fingerprint is read back as an
+/// order and normalized, so a retry matches whichever spelling either request used.
+fn same_request(stored: &str, fingerprint_now: &str) -> bool {
+    stored == fingerprint_now
+        || serde_json::from_str::<NewOrder>(stored)
+            .ok()
+            .and_then(|order| fingerprint(&order).ok())
+            .is_some_and(|normalized| normalized == fingerprint_now)
+}
+
 fn replay(record: IdempotencyRecord, fingerprint: &str) -> ApiResult<Response> {
-    if record.fingerprint == fingerprint {
+    if same_request(&record.fingerprint, fingerprint) {
         Ok(accepted(&record.response))
     } else {
         Err(ApiError::invalid("this Idempotency-Key was already used with a different request body", vec![]))
@@ -77,7 +99,7 @@ pub async fn submit(
         return Ok(accepted(&response));
     };
     let stream = format!("idempotency-orders-{key}");
-    let fingerprint = serde_json::to_string(&order).map_err(engine::Error::Encode)?;
+    let fingerprint = fingerprint(&order)?;
     if let Some(record) = stored_record(&state, &stream).await? {
         return replay(record, &fingerprint);
     }
@@ -111,4 +133,32 @@ pub async fn get_order(
     })
     .await?;
     Ok(Json(view))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(price: &str) -> NewOrder {
+        serde_json::from_value(
+            json!({ "customer_id": "c-1", "items": [{ "sku": "A", "quantity": 2, "unit_price": price }] }),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn equal_prices_spelled_differently_are_one_request() {
+        assert_eq!(fingerprint(&order("10.5")).unwrap(), fingerprint(&order("10.50")).unwrap());
+        assert_ne!(fingerprint(&order("10.5")).unwrap(), fingerprint(&order("10.05")).unwrap());
+    }
+
+    #[test]
+    fn a_fingerprint_stored_before_normalization_still_matches() {
+        // What records stored by earlier versions hold: the order as it was spelled.
+        let old = serde_json::to_string(&order("10.50")).unwrap();
+        assert!(same_request(&old, &fingerprint(&order("10.50")).unwrap()));
+        assert!(same_request(&old, &fingerprint(&order("10.500")).unwrap()));
+        assert!(!same_request(&old, &fingerprint(&order("10.51")).unwrap()));
+        assert!(!same_request("not an order", &fingerprint(&order("10.50")).unwrap()));
+    }
 }

@@ -5,7 +5,8 @@
 //! so the outbox relay marks a message published only after its effect is durable: after a
 //! crash or restart, whatever was in flight is still in the outbox and is published again
 //! (and deduplicated by its consumers). Messages for a topic no group subscribes to (say,
-//! the dead-letter topic) are kept in memory for the first group that does.
+//! the dead-letter topic) are kept in memory for the first group that does, the newest
+//! [`MAX_UNCLAIMED`] per topic (their rows stay in the outbox table until retention).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +17,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::{Consumer, Delivery, Transport};
 use crate::error::{Error, Result};
+
+/// Messages kept per topic that no group subscribes to; older ones are dropped.
+pub const MAX_UNCLAIMED: usize = 1_000;
 
 struct Queued {
     delivery: Delivery,
@@ -92,7 +96,12 @@ impl Transport for InProcessTransport {
                 let groups: Vec<String> =
                     inner.groups.get(&message.topic).map(|g| g.iter().cloned().collect()).unwrap_or_default();
                 if groups.is_empty() {
-                    inner.unclaimed.entry(message.topic.clone()).or_default().push_back(delivery);
+                    let kept = inner.unclaimed.entry(message.topic.clone()).or_default();
+                    if kept.len() >= MAX_UNCLAIMED {
+                        kept.pop_front();
+                        tracing::debug!(topic = %message.topic, "no group reads this topic; dropped its oldest message");
+                    }
+                    kept.push_back(delivery);
                     continue;
                 }
                 for group in groups {
@@ -228,6 +237,17 @@ mod tests {
         drop(consumer);
         assert!(publisher.await.unwrap().is_err(), "the relay keeps the message in the outbox");
         assert!(transport.publish(&[message("t", 2)]).await.is_err(), "no live member: refused");
+    }
+
+    #[tokio::test]
+    async fn messages_nobody_reads_are_bounded_to_the_newest() {
+        let transport = InProcessTransport::new();
+        for n in 0..(MAX_UNCLAIMED + 5) {
+            transport.publish(&[message("dead-letter", (n % 256) as u8)]).await.unwrap();
+        }
+        assert_eq!(transport.lock().unclaimed["dead-letter"].len(), MAX_UNCLAIMED);
+        let mut late = transport.subscribe("ops", &["dead-letter".into()]).await.unwrap();
+        assert_eq!(late.recv().await.unwrap().offset, 5, "the oldest were dropped");
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Consumer, Delivery, Transport};
+use crate::envelope::valid_topic;
 use crate::error::{Error, Result};
 
 /// How to reach and use the Kafka cluster.
@@ -45,6 +46,27 @@ impl KafkaConfig {
             assignment_warning_after: Duration::from_secs(20),
         }
     }
+}
+
+/// Whether the broker (or the client) refuses this one message for good: resending it
+/// cannot succeed. Leader elections, `NOT_ENOUGH_REPLICAS`, timeouts and unreachable brokers
+/// are temporary and are not listed.
+fn refuses_for_good(err: &KafkaError) -> bool {
+    let KafkaError::MessageProduction(code) = err else { return false };
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::UnsupportedForMessageFormat
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::BadMessage
+            | RDKafkaErrorCode::InvalidArgument
+    )
 }
 
 fn kafka_err(context: &str, err: &KafkaError) -> Error {
@@ -111,6 +133,10 @@ impl Transport for KafkaTransport {
     }
 
     async fn publish(&self, messages: &[OutgoingMessage]) -> Result<()> {
+        if let Some(index) = messages.iter().position(|m| !valid_topic(&m.topic)) {
+            let reason = format!("'{}' is not a valid topic name", messages[index].topic);
+            return Err(Error::Unpublishable { index, reason });
+        }
         // The broker may not create topics on demand: make sure they exist first.
         let missing = self.unknown_topics(messages);
         self.ensure_topics(&missing).await?;
@@ -122,12 +148,21 @@ impl Transport for KafkaTransport {
             let record = FutureRecord::to(&m.topic).key(&m.key).payload(&m.payload).headers(headers);
             self.producer.send(record, Timeout::After(Duration::from_secs(30)))
         });
-        for result in join_all(sends).await {
+        let mut transient = None;
+        for (index, result) in join_all(sends).await.into_iter().enumerate() {
             if let Err((err, _)) = result {
-                return Err(kafka_err("publishing", &err));
+                if refuses_for_good(&err) {
+                    return Err(Error::Unpublishable { index, reason: err.to_string() });
+                }
+                transient.get_or_insert_with(|| kafka_err("publishing", &err));
             }
         }
-        Ok(())
+        if transient.is_some() {
+            // A broker that lost its topics (restarted empty) answers "unknown topic": check
+            // them again before the next try, creating what is missing.
+            self.known_topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        }
+        transient.map_or(Ok(()), Err)
     }
 
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {
@@ -139,6 +174,8 @@ impl Transport for KafkaTransport {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", "50")
+            // Notice a topic that was created again (a broker restarted empty) within seconds.
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .set("session.timeout.ms", self.config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (self.config.session_timeout_ms / 4).max(500).to_string())
             .create()
@@ -228,5 +265,29 @@ impl Consumer for KafkaConsumer {
         list.add_partition_offset(&delivery.topic, delivery.partition, Offset::Offset(delivery.offset + 1))
             .map_err(|e| kafka_err("building commit", &e))?;
         self.consumer.commit(&list, CommitMode::Async).map_err(|e| kafka_err("committing offset", &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_about_the_message_itself_are_permanent() {
+        let production = |code| KafkaError::MessageProduction(code);
+        assert!(refuses_for_good(&production(RDKafkaErrorCode::MessageSizeTooLarge)));
+        assert!(refuses_for_good(&production(RDKafkaErrorCode::InvalidTopic)));
+        for temporary in [
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::NotEnoughReplicasAfterAppend,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::LeaderNotAvailable,
+        ] {
+            assert!(!refuses_for_good(&production(temporary)), "{temporary:?} is temporary");
+        }
     }
 }
