@@ -19,8 +19,16 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "[test] cargo build --bin sagaflow" >&2
 cargo build -p sagaflow-api --bin sagaflow
 
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+
+# The HTTP API fuzzed from its OpenAPI document (no 5xx; every 4xx is problem+json).
+echo "[test] scripts/fuzz-api.sh" >&2
+fuzz=0
+scripts/fuzz-api.sh || fuzz=$?
+[ "$fuzz" = 0 ] || echo "[test] the API fuzz run failed (exit $fuzz)" >&2
+[ "$status" = 0 ] && [ "$fuzz" = 0 ]

@@ -63,13 +63,14 @@ async fn engine_sigkilled_five_times_and_restarted_in_the_same_groups_loses_noth
     let mut engine =
         EngineProcess::start(spec(database_url_of(&pool).await, kafka_bootstrap(), &prefix, "engine", &logs));
     engine.ready(Duration::from_secs(60)).await;
-    let shop = Arc::new(Shop::new(vec![engine.base.clone()], 3, 150, 4, Decimal::from(150)));
+    let shop = Arc::new(Shop::new(vec![engine.base.clone()], 3, 180, 4, Decimal::from(1_100)));
     shop.stock_up().await;
 
+    // 300 orders over ~35 s; a kill at a random moment 3-7 s after each restart is ready.
     let orders = 300;
-    let placing = place_in_background(Arc::clone(&shop), 0..orders, 25);
+    let placing = place_in_background(Arc::clone(&shop), 0..orders, 9);
     for kill in 1..=5 {
-        let after = Duration::from_millis(rand::rng().random_range(1_000..4_000));
+        let after = Duration::from_millis(rand::rng().random_range(3_000..7_000));
         tokio::time::sleep(after).await;
         engine.kill();
         tracing::info!(kill, "engine SIGKILLed");

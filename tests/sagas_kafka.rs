@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::definition::{RetryPolicy, SagaDefinition, StepDefinition};
-use engine::envelope::{Envelope, MessageKind, HEADER_DLQ_REASON};
+use engine::envelope::{Envelope, MessageKind, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE};
 use engine::saga::SagaStatus;
 use engine::Repository;
 use event_store::{EventStoreExt, OutgoingMessage};
@@ -412,14 +412,28 @@ async fn messages_that_cannot_be_stored_are_dead_lettered_and_every_saga_goes_on
         sent_at: chrono::Utc::now(),
     }
     .to_message(&h.topics.replies(), None);
-    let command_with_nul = OutgoingMessage {
-        topic: h.topics.commands(sagas::participants::INVENTORY),
-        key: first.saga_id.to_string(),
-        payload: serde_json::to_vec(&json!({"message_id": "cmd\u{0}", "saga_id": first.saga_id,
-            "kind": "command", "step": "reserve-inventory", "type": "ReserveInventory", "payload": {}}))
-        .unwrap(),
-        headers: BTreeMap::new(),
-    };
+    // On every command topic: a command with a NUL, a command whose message_id is too long
+    // to be a deduplication key, and bytes that are no JSON at all.
+    let mut poison = Vec::new();
+    for participant in [sagas::participants::INVENTORY, sagas::participants::ORDERS, sagas::participants::PAYMENTS] {
+        let command = |message_id: String, note: &str| OutgoingMessage {
+            topic: h.topics.commands(participant),
+            key: first.saga_id.to_string(),
+            payload: serde_json::to_vec(&json!({"message_id": message_id, "saga_id": first.saga_id,
+                "kind": "command", "step": "reserve-inventory", "type": "ReserveInventory", "payload": {"note": note}}))
+            .unwrap(),
+            headers: BTreeMap::new(),
+        };
+        poison.push(command(format!("cmd-{participant}\u{0}"), "n"));
+        poison.push(command(format!("cmd-{participant}-ok"), "a\u{0}b"));
+        poison.push(command("x".repeat(engine::envelope::MAX_MESSAGE_ID_LEN + 1), "n"));
+        poison.push(OutgoingMessage {
+            topic: h.topics.commands(participant),
+            key: String::new(),
+            payload: vec![0xff, 0x00, 0x7b],
+            headers: BTreeMap::new(),
+        });
+    }
     // A NUL in the key and a header: the dead-letter copy must still be storable.
     let garbage_with_nul_key = OutgoingMessage {
         topic: h.topics.replies(),
@@ -427,7 +441,9 @@ async fn messages_that_cannot_be_stored_are_dead_lettered_and_every_saga_goes_on
         payload: b"{not json".to_vec(),
         headers: BTreeMap::from([("h".to_owned(), "v\u{0}".to_owned())]),
     };
-    h.transport.publish(&[reply_with_nul, command_with_nul, garbage_with_nul_key]).await.unwrap();
+    poison.extend([reply_with_nul, garbage_with_nul_key]);
+    let poisoned = poison.len();
+    h.transport.publish(&poison).await.unwrap();
 
     let later: Vec<_> = futures::future::join_all((0..4).map(|_| h.orders.submit(order()))).await;
     for submitted in later {
@@ -438,11 +454,16 @@ async fn messages_that_cannot_be_stored_are_dead_lettered_and_every_saga_goes_on
         .await;
         assert_eq!(view.status, OrderViewStatus::Approved);
     }
-    let dead = read_topic(&h, &h.topics.dead_letter(), 3, Duration::from_secs(30)).await;
+    let dead = read_topic(&h, &h.topics.dead_letter(), poisoned, Duration::from_secs(30)).await;
     for (headers, _) in &dead {
         assert!(!headers[HEADER_DLQ_REASON].is_empty(), "every dead letter says why: {headers:?}");
     }
-    assert!(dead.iter().any(|(h, _)| h[HEADER_DLQ_REASON].contains("NUL")), "{dead:?}");
+    let sources: std::collections::BTreeSet<String> = dead
+        .iter()
+        .filter_map(|(h, _)| h[HEADER_DLQ_SOURCE].rsplit_once(':')?.0.rsplit_once(':').map(|(t, _)| t.to_owned()))
+        .collect();
+    assert_eq!(sources.len(), 4, "from the replies topic and each command topic: {sources:?}");
+    assert!(dead.iter().filter(|(h, _)| h[HEADER_DLQ_REASON].contains("NUL")).count() >= 7, "{dead:?}");
     runtime.shutdown().await;
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use api::server::{self, Roles, StartError, StoreConfig, TransportConfig};
 use clap::{Args, Parser, Subcommand};
 use engine::topics::Topics;
+use engine::transport::kafka::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -45,6 +46,10 @@ struct ServeArgs {
     /// Prefix of every Kafka topic.
     #[arg(long, env = "SAGAFLOW_TOPIC_PREFIX", default_value = "sagaflow")]
     topic_prefix: String,
+    /// Kafka consumer-group session timeout: how soon a crashed member's partitions pass to
+    /// the others (the broker's group.min.session.timeout.ms bounds it, 6 s by default).
+    #[arg(long, env = "SAGAFLOW_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    kafka_session_timeout: Duration,
     /// How long published outbox rows are kept (e.g. 24h, 30m).
     #[arg(long, env = "SAGAFLOW_OUTBOX_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     outbox_retention: Duration,
@@ -88,7 +93,11 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
         None => StoreConfig::Sqlite(args.data_dir.clone()),
     };
     let transport_config = match &args.kafka_bootstrap_servers {
-        Some(servers) => TransportConfig::Kafka(servers.clone()),
+        Some(servers) => {
+            let mut kafka = KafkaConfig::new(servers.clone());
+            kafka.session_timeout_ms = u32::try_from(args.kafka_session_timeout.as_millis()).unwrap_or(u32::MAX);
+            TransportConfig::Kafka(kafka)
+        }
         None => TransportConfig::InProcess,
     };
     match (&store_config, &transport_config) {
@@ -97,8 +106,8 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             "sagaflow starting embedded: SQLite store in {}, in-process transport (set DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS for PostgreSQL and Kafka)",
             dir.display()
         ),
-        (StoreConfig::Postgres(_), TransportConfig::Kafka(servers)) => {
-            tracing::info!(%servers, "sagaflow starting on PostgreSQL and Kafka");
+        (StoreConfig::Postgres(_), TransportConfig::Kafka(kafka)) => {
+            tracing::info!(servers = %kafka.bootstrap_servers, "sagaflow starting on PostgreSQL and Kafka");
         }
         _ => {
             tracing::info!(store = ?store_config_name(&store_config), transport = ?transport_config_name(&transport_config), "sagaflow starting")

@@ -59,7 +59,7 @@ pub enum StoreConfig {
 /// How messages travel.
 #[derive(Debug, Clone)]
 pub enum TransportConfig {
-    Kafka(String),
+    Kafka(KafkaConfig),
     InProcess,
 }
 
@@ -74,7 +74,7 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn EventStore>, Sta
 /// Creates the configured transport.
 pub fn open_transport(config: &TransportConfig) -> Result<Arc<dyn Transport>, StartError> {
     Ok(match config {
-        TransportConfig::Kafka(servers) => Arc::new(KafkaTransport::new(KafkaConfig::new(servers.clone()))?),
+        TransportConfig::Kafka(config) => Arc::new(KafkaTransport::new(config.clone())?),
         TransportConfig::InProcess => Arc::new(InProcessTransport::new()),
     })
 }

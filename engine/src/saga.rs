@@ -146,10 +146,14 @@ pub struct StepState {
     /// later attempts report, the step counts as possibly applied.
     #[serde(default)]
     pub possibly_applied: bool,
+    /// Message ids of the attempts sent so far, forward then compensation: a late success
+    /// reply to an earlier attempt still proves the step (or its undo) took effect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sent_ids: Vec<(Phase, String)>,
 }
 
 impl StepState {
-    fn sent(&mut self, phase: Phase, attempt: u32) {
+    fn sent(&mut self, phase: Phase, attempt: u32, message_id: &str) {
         match phase {
             Phase::Forward => {
                 self.status = StepStatus::Running;
@@ -160,6 +164,13 @@ impl StepState {
                 self.compensation_attempts = attempt;
             }
         }
+        self.sent_ids.push((phase, message_id.to_owned()));
+    }
+
+    /// The attempt number of `message_id` if it was sent for this step in `phase`.
+    fn attempt_of(&self, phase: Phase, message_id: &str) -> Option<u32> {
+        let position = self.sent_ids.iter().filter(|(p, _)| *p == phase).position(|(_, id)| id == message_id)?;
+        u32::try_from(position + 1).ok()
     }
 
     fn succeeded(&mut self) {
@@ -284,6 +295,7 @@ impl SagaState {
                         attempts: 0,
                         compensation_attempts: 0,
                         possibly_applied: false,
+                        sent_ids: Vec::new(),
                     })
                     .collect();
                 self.definition = Some(definition.clone());
@@ -306,6 +318,7 @@ impl SagaState {
                     context.extend(output.clone());
                 }
                 self.awaiting = None;
+                self.retry = None;
             }
             SagaEvent::StepFailed { step, .. } => {
                 self.with_step(step, StepState::failed);
@@ -331,6 +344,7 @@ impl SagaState {
             SagaEvent::StepCompensated { step, .. } => {
                 self.with_step(step, StepState::compensated);
                 self.awaiting = None;
+                self.retry = None;
             }
             SagaEvent::CompensationFailed { step, .. } => {
                 self.with_step(step, StepState::compensation_failed);
@@ -344,7 +358,7 @@ impl SagaState {
     }
 
     fn sent(&mut self, step: &str, phase: Phase, attempt: u32, message_id: &str, deadline: DateTime<Utc>) {
-        self.with_step(step, |s| s.sent(phase, attempt));
+        self.with_step(step, |s| s.sent(phase, attempt, message_id));
         self.awaiting = self.step_index(step).map(|index| Awaiting {
             step: index,
             phase,
@@ -519,7 +533,13 @@ impl SagaState {
     /// The events a participant's reply leads to.
     pub fn on_reply(&self, reply: &ReplyOutcome, now: DateTime<Utc>) -> Vec<SagaEvent> {
         let mut d = Decision::new(self, now);
-        let Some(awaiting) = self.awaiting.clone().filter(|a| a.message_id == reply.in_reply_to) else {
+        let awaited = self
+            .awaiting
+            .clone()
+            .filter(|a| a.message_id == reply.in_reply_to)
+            .map(|a| (a.step, a.phase, a.attempt))
+            .or_else(|| self.earlier_attempt_succeeded(reply));
+        let Some((index, phase, attempt)) = awaited else {
             let reason = if self.status.is_terminal() {
                 "saga already finished"
             } else {
@@ -532,9 +552,8 @@ impl SagaState {
             });
             return d.events;
         };
-        let (index, attempt) = (awaiting.step, awaiting.attempt);
         let step = d.name(index);
-        match (awaiting.phase, &reply.result) {
+        match (phase, &reply.result) {
             (Phase::Forward, Ok(output)) => {
                 d.emit(SagaEvent::StepSucceeded {
                     step,
@@ -565,6 +584,23 @@ impl SagaState {
             }
         }
         d.events
+    }
+
+    /// A success reply to an earlier attempt of the step and phase the saga is on (waiting
+    /// for a later attempt, or for its backoff to pass): the effect it reports is real, since
+    /// participants apply a command once per business key, so it settles the step as well
+    /// as the awaited attempt would. A late failure is not taken: the later attempt decides.
+    fn earlier_attempt_succeeded(&self, reply: &ReplyOutcome) -> Option<(usize, Phase, u32)> {
+        if reply.result.is_err() || self.status.is_terminal() {
+            return None;
+        }
+        let (index, phase) = match (&self.awaiting, &self.retry) {
+            (Some(a), _) => (a.step, a.phase),
+            (None, Some(r)) => (r.step, r.phase),
+            (None, None) => return None,
+        };
+        let attempt = self.steps.get(index)?.attempt_of(phase, &reply.in_reply_to)?;
+        Some((index, phase, attempt))
     }
 
     /// The events a due timer leads to: a timed-out attempt, or a retry whose backoff passed.
@@ -858,12 +894,13 @@ mod tests {
     }
 
     #[test]
-    fn late_and_stray_replies_are_recorded_and_ignored() {
+    fn late_failures_and_stray_replies_are_recorded_and_ignored() {
         let mut saga = Saga::start(vec![step("a", Some("UndoA"), 2)]);
         let first = saga.pending_id();
         saga.timer(2);
         saga.timer(3);
-        let late = ReplyOutcome { reply_id: "late".into(), in_reply_to: first, result: Ok(json!({})) };
+        let failure = Failure { reason: "late no".into(), retryable: false };
+        let late = ReplyOutcome { reply_id: "late".into(), in_reply_to: first, result: Err(failure) };
         let events = saga.state.on_reply(&late, secs(3));
         assert_eq!(events.iter().map(kind).collect::<Vec<_>>(), ["ReplyIgnored"]);
         saga.record(events);
@@ -872,6 +909,33 @@ mod tests {
         let after = ReplyOutcome { reply_id: "x".into(), in_reply_to: "y".into(), result: Ok(json!({})) };
         let events = saga.state.on_reply(&after, secs(4));
         assert!(matches!(&events[..], [SagaEvent::ReplyIgnored { reason, .. }] if reason == "saga already finished"));
+    }
+
+    #[test]
+    fn a_late_success_of_an_earlier_attempt_settles_the_step() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 3), step("b", Some("UndoB"), 1)]);
+        let first = saga.pending_id();
+        assert_eq!(saga.timer(2), ["StepTimedOut", "StepRetryScheduled"]);
+        // During the backoff, the reply to attempt 1 arrives: the step took effect.
+        let late = ReplyOutcome { reply_id: "r1".into(), in_reply_to: first, result: Ok(json!({"x": 1})) };
+        let events = saga.state.on_reply(&late, secs(2));
+        assert_eq!(events.iter().map(kind).collect::<Vec<_>>(), ["StepSucceeded", "StepCommandSent"]);
+        saga.record(events);
+        assert!(saga.state.retry.is_none(), "no retry of a step that succeeded");
+        assert_eq!(saga.state.context["x"], 1);
+        assert_eq!(saga.state.command_for(saga.log.last().unwrap()).unwrap().step.name, "b");
+        // b times out: a's undo is sent; its attempt 1 times out, and attempt 2 is awaited when
+        // attempt 1's success arrives: the compensation is done.
+        assert_eq!(saga.timer(20), ["StepTimedOut", "CompensationStarted", "CompensationSent"]);
+        let undo_b = saga.pending_id();
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "CompensationSent"]);
+        assert_ne!(saga.pending_id(), undo_b);
+        let undo_a1 = saga.pending_id();
+        assert_eq!(saga.timer(40), ["CompensationFailed", "StepRetryScheduled"]);
+        assert_eq!(saga.timer(41), ["CompensationSent"]);
+        let late_undo = ReplyOutcome { reply_id: "u1".into(), in_reply_to: undo_a1, result: Ok(json!({})) };
+        let events = saga.state.on_reply(&late_undo, secs(42));
+        assert_eq!(events.iter().map(kind).collect::<Vec<_>>(), ["StepCompensated", "SagaCompensated"]);
     }
 
     #[test]

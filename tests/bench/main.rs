@@ -3,6 +3,7 @@
 //! per second with their latency, embedded and over PostgreSQL + Kafka. Needs
 //! `DATABASE_URL` and `KAFKA_BOOTSTRAP_SERVERS` for the PostgreSQL/Kafka figures
 //! (`eval "$(scripts/services.sh)"`); without them only the embedded figures are printed.
+//! `bench retention` prints only the retention figures (batched deletes on millions of rows).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
 
@@ -142,6 +143,77 @@ async fn fresh_postgres(url: &str) -> Option<(Arc<dyn EventStore>, String)> {
     Some((Arc::new(store), db))
 }
 
+/// Retention on tables of millions of rows: `rows` published outbox rows (200-byte payloads)
+/// and `rows` processed-message records, all past retention, deleted in batches of 5,000
+/// while a writer keeps appending; prints the delete rate and the writer's latency meanwhile.
+async fn retention(url: &str, rows: i64) {
+    let (store, db) = fresh_postgres(url).await.expect("a bench database on DATABASE_URL");
+    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
+    let mut conn = PgConnection::connect(&format!("{base}/{db}")).await.unwrap();
+    let fill = Instant::now();
+    conn.execute(
+        format!(
+            "INSERT INTO outbox (topic, msg_key, payload, published_at, created_at)
+             SELECT 'bench', g::text, convert_to(repeat('x', 200), 'UTF8'), now() - interval '2 days', now() - interval '2 days'
+             FROM generate_series(1, {rows}) g;
+             INSERT INTO processed_messages (consumer, message_id, processed_at)
+             SELECT 'bench', g::text, now() - interval '9 days' FROM generate_series(1, {rows}) g;
+             ANALYZE outbox; ANALYZE processed_messages;"
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    println!(
+        "retention: filled {rows} outbox rows + {rows} processed records in {:.1} s",
+        fill.elapsed().as_secs_f64()
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let store = Arc::clone(&store);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0_u64;
+            while !stop.is_cancelled() {
+                let begun = Instant::now();
+                let event = NewEvent::new("Benchmarked", json!({ "i": i }));
+                store.append(&format!("retention-writer-{i}"), ExpectedVersion::NoStream, vec![event]).await.unwrap();
+                latencies.push(begun.elapsed());
+                i += 1;
+            }
+            latencies
+        })
+    };
+    let started = Instant::now();
+    let policy = engine::retention::Retention::default();
+    let pruned =
+        engine::retention::prune(store.as_ref(), &policy, &tokio_util::sync::CancellationToken::new()).await.unwrap();
+    let took = started.elapsed();
+    stop.cancel();
+    let mut latencies = writer.await.unwrap();
+    latencies.sort();
+    println!(
+        "retention: deleted {} outbox rows + {} processed records in {:.1} s = {:.0} rows/s (batches of {})",
+        pruned.outbox,
+        pruned.processed,
+        took.as_secs_f64(),
+        (pruned.outbox + pruned.processed) as f64 / took.as_secs_f64(),
+        policy.batch
+    );
+    println!(
+        "retention: a concurrent writer meanwhile: {} appends, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    drop(store);
+    if let Ok(mut admin) = PgConnection::connect(url).await {
+        let _ = admin.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()).await;
+    }
+}
+
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -153,6 +225,11 @@ fn peak_rss_mib() -> f64 {
 #[tokio::main]
 async fn main() {
     println!("sagaflow bench ({} build)", if cfg!(debug_assertions) { "debug" } else { "release" });
+    if std::env::args().nth(1).as_deref() == Some("retention") {
+        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL for the retention figures");
+        retention(&url, 2_000_000).await;
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let sqlite: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(dir.path()).await.unwrap());
     appends("sqlite", Arc::clone(&sqlite), 1, 1000).await;
@@ -169,6 +246,7 @@ async fn main() {
     appends("postgres", Arc::clone(&pg), 8, 250).await;
     orders("postgres + kafka", pg, sagaflow_tests::kafka_transport(), 500).await;
     println!("peak RSS {:.1} MiB", peak_rss_mib());
+    retention(&url, 2_000_000).await;
     if let Ok(mut admin) = PgConnection::connect(&url).await {
         let _ = admin.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()).await;
     }

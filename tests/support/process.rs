@@ -90,6 +90,8 @@ impl EngineProcess {
             .env("SAGAFLOW_TOPIC_PREFIX", &self.spec.topic_prefix)
             .env("SAGAFLOW_ROLES", &self.spec.roles)
             .env("SAGAFLOW_HTTP_ADDR", format!("127.0.0.1:{}", self.spec.http_port))
+            // The broker's minimum: a crashed member's partitions move on as soon as it allows.
+            .env("SAGAFLOW_KAFKA_SESSION_TIMEOUT", "6s")
             .env(
                 "RUST_LOG",
                 std::env::var("SAGAFLOW_TEST_LOG").unwrap_or_else(|_| "info,sqlx=warn,rdkafka=warn".into()),

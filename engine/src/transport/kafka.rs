@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use event_store::OutgoingMessage;
 use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -167,7 +168,7 @@ impl Transport for KafkaTransport {
 
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {
         self.ensure_topics(topics).await?;
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<GroupLog> = ClientConfig::new()
             .set("bootstrap.servers", &self.config.bootstrap_servers)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
@@ -178,7 +179,7 @@ impl Transport for KafkaTransport {
             .set("topic.metadata.refresh.interval.ms", "5000")
             .set("session.timeout.ms", self.config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (self.config.session_timeout_ms / 4).max(500).to_string())
-            .create()
+            .create_with_context(GroupLog { group: group.to_owned() })
             .map_err(|e| kafka_err("creating consumer", &e))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|e| kafka_err("subscribing", &e))?;
@@ -205,8 +206,30 @@ impl Transport for KafkaTransport {
     }
 }
 
+/// Logs every partition assignment and revocation of a consumer, so that an operator sees
+/// when a group rebalances and how long partitions were without an owner.
+struct GroupLog {
+    group: String,
+}
+
+impl ClientContext for GroupLog {}
+
+impl ConsumerContext for GroupLog {
+    fn post_rebalance(&self, _base: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(group = %self.group, partitions = list.count(), "partitions assigned")
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(group = %self.group, partitions = list.count(), "partitions revoked")
+            }
+            Rebalance::Error(err) => tracing::warn!(group = %self.group, error = %err, "rebalance failed"),
+        }
+    }
+}
+
 struct KafkaConsumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<GroupLog>,
     group: String,
     since: Instant,
     warn_after: Duration,
