@@ -2,7 +2,7 @@
 //! commit offsets only when told to.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -77,7 +77,7 @@ fn kafka_err(context: &str, err: &KafkaError) -> Error {
 /// Kafka transport.
 pub struct KafkaTransport {
     config: KafkaConfig,
-    producer: FutureProducer,
+    producer: RwLock<FutureProducer>,
     admin: AdminClient<DefaultClientContext>,
     known_topics: Mutex<HashSet<String>>,
 }
@@ -85,19 +85,57 @@ pub struct KafkaTransport {
 impl KafkaTransport {
     /// Creates the producer and admin client (connections are made lazily).
     pub fn new(config: KafkaConfig) -> Result<Self> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", "30000")
-            .create()
-            .map_err(|e| kafka_err("creating producer", &e))?;
+        let producer = Self::create_producer(&config)?;
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.bootstrap_servers)
             .create()
             .map_err(|e| kafka_err("creating admin client", &e))?;
-        Ok(Self { config, producer, admin, known_topics: Mutex::default() })
+        Ok(Self { config, producer: RwLock::new(producer), admin, known_topics: Mutex::default() })
+    }
+
+    fn create_producer(config: &KafkaConfig) -> Result<FutureProducer> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            // A message not delivered in 10 s fails back to the relay, which keeps it in the
+            // outbox and tries again (with a fresh producer, see `replace_if_stuck`).
+            .set("message.timeout.ms", "10000")
+            .create()
+            .map_err(|e| kafka_err("creating producer", &e))
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.producer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the producer when it cannot recover by itself: it failed for good (fatal),
+    /// or a message timed out (an idempotent producer whose state the broker forgot, say a
+    /// broker restarted empty, retries `UNKNOWN_PRODUCER_ID` until then). A fresh producer
+    /// gets a new producer id; what the old one had not delivered is still in the outbox and
+    /// is published again (consumers drop duplicates).
+    fn replace_if_stuck(&self, used: FutureProducer, timed_out: bool) {
+        let fatal = used.client().fatal_error();
+        if fatal.is_none() && !timed_out {
+            return;
+        }
+        let old = {
+            let mut current = self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !std::ptr::eq(current.client().native_ptr(), used.client().native_ptr()) {
+                return; // another publish replaced it already
+            }
+            match Self::create_producer(&self.config) {
+                Ok(fresh) => std::mem::replace(&mut *current, fresh),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot replace the Kafka producer");
+                    return;
+                }
+            }
+        };
+        tracing::warn!(fatal = ?fatal, timed_out, "the Kafka producer could not deliver; replaced it");
+        // Dropping a producer purges and flushes for up to 500 ms: not on an async thread.
+        tokio::task::spawn_blocking(move || drop((old, used)));
     }
 
     fn unknown_topics(&self, messages: &[OutgoingMessage]) -> Vec<String> {
@@ -141,20 +179,23 @@ impl Transport for KafkaTransport {
         // The broker may not create topics on demand: make sure they exist first.
         let missing = self.unknown_topics(messages);
         self.ensure_topics(&missing).await?;
+        let producer = self.producer();
         let sends = messages.iter().map(|m| {
             let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
             for (key, value) in &m.headers {
                 headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
             }
             let record = FutureRecord::to(&m.topic).key(&m.key).payload(&m.payload).headers(headers);
-            self.producer.send(record, Timeout::After(Duration::from_secs(30)))
+            producer.send(record, Timeout::After(Duration::from_secs(10)))
         });
         let mut transient = None;
+        let mut timed_out = false;
         for (index, result) in join_all(sends).await.into_iter().enumerate() {
             if let Err((err, _)) = result {
                 if refuses_for_good(&err) {
                     return Err(Error::Unpublishable { index, reason: err.to_string() });
                 }
+                timed_out |= matches!(err, KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));
                 transient.get_or_insert_with(|| kafka_err("publishing", &err));
             }
         }
@@ -162,6 +203,7 @@ impl Transport for KafkaTransport {
             // A broker that lost its topics (restarted empty) answers "unknown topic": check
             // them again before the next try, creating what is missing.
             self.known_topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+            self.replace_if_stuck(producer, timed_out);
         }
         transient.map_or(Ok(()), Err)
     }
@@ -194,7 +236,7 @@ impl Transport for KafkaTransport {
     }
 
     async fn ping(&self) -> Result<()> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(3)).map(|_| ()))
             .await
             .map_err(|e| Error::Transport(format!("metadata task: {e}")))?
