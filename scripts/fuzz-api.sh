@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 SCHEMATHESIS_VERSION="4.32.5"
 MAX_EXAMPLES="${SAGAFLOW_FUZZ_EXAMPLES:-30}"
-MAX_TIME="${SAGAFLOW_FUZZ_SECONDS:-240}"
+MAX_TIME="${SAGAFLOW_FUZZ_SECONDS:-120}"
 
 log() { echo "[fuzz] $*" >&2; }
 

@@ -172,7 +172,7 @@ async fn a_postgres_restart_gets_503s_and_the_engine_reconnects_by_itself() {
     let placing = place_in_background(Arc::clone(&shop), 0..120, 20);
     tokio::time::sleep(Duration::from_secs(2)).await;
     postgres.stop();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     postgres.start_again();
     let placed = placing.await.expect("placing");
     let unavailable: u32 = placed.iter().map(|(_, a)| a.unavailable).sum();

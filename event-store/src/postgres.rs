@@ -44,8 +44,10 @@ pub struct PgEventStore {
 impl PgEventStore {
     /// Connects, applies migrations and starts listening for commits of other processes.
     pub async fn connect(url: &str) -> Result<Self> {
+        // A short acquire timeout: with the database down, an HTTP request gets its 503 within
+        // seconds instead of hanging; background work retries anyway.
         let pool =
-            PgPoolOptions::new().max_connections(20).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
+            PgPoolOptions::new().max_connections(20).acquire_timeout(Duration::from_secs(3)).connect(url).await?;
         MIGRATOR.run(&pool).await?;
         Self::from_pool(pool).await
     }

@@ -108,7 +108,7 @@ impl Shop {
             let sent = self
                 .client
                 .post(url)
-                .timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(8))
                 .header("Idempotency-Key", format!("fault-order-{n}"))
                 .json(&body)
                 .send()

@@ -290,7 +290,7 @@ impl KafkaConsumer {
             tracing::error!(
                 group = %self.group,
                 waited_s = self.since.elapsed().as_secs(),
-                "consumer has no partitions assigned; the group's rebalance looks stuck (restarting the broker or using a new group id clears it)"
+                "consumer has no partitions assigned yet; the group's rebalance is slow or stuck (another member holding every partition, or a dead member not yet expired)"
             );
         }
         self.warned = true;
