@@ -51,30 +51,41 @@ pub struct Pruned {
 
 /// Deletes everything past retention now, batch by batch, until nothing is left or `cancel`.
 pub async fn prune(store: &dyn EventStore, retention: &Retention, cancel: &CancellationToken) -> Result<Pruned> {
-    let mut pruned = Pruned::default();
     let batch = retention.batch.max(1);
-    let outbox_before = Utc::now() - chrono::Duration::from_std(retention.outbox).unwrap_or(chrono::Duration::MAX);
+    let outbox_before = cutoff(retention.outbox);
+    let outbox = drain("outbox", batch, cancel, || store.delete_published_outbox(outbox_before, batch)).await?;
+    let processed_before = cutoff(retention.dedup_window);
+    let processed =
+        drain("processed_messages", batch, cancel, || store.delete_processed_messages(processed_before, batch)).await?;
+    Ok(Pruned { outbox, processed })
+}
+
+fn cutoff(kept_for: Duration) -> chrono::DateTime<Utc> {
+    Utc::now() - chrono::Duration::from_std(kept_for).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Runs `delete_batch` until it deletes fewer than `batch` rows; returns how many it deleted.
+async fn drain<F, Fut>(
+    table: &'static str,
+    batch: usize,
+    cancel: &CancellationToken,
+    mut delete_batch: F,
+) -> Result<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = event_store::Result<u64>>,
+{
+    let mut deleted = 0;
     while !cancel.is_cancelled() {
-        let n = store.delete_published_outbox(outbox_before, batch).await?;
-        pruned.outbox += n;
-        metrics::counter!("sagaflow_retention_deleted_total", "table" => "outbox").increment(n);
+        let n = delete_batch().await?;
+        deleted += n;
+        metrics::counter!("sagaflow_retention_deleted_total", "table" => table).increment(n);
         if n < batch as u64 {
             break;
         }
         tokio::task::yield_now().await;
     }
-    let processed_before =
-        Utc::now() - chrono::Duration::from_std(retention.dedup_window).unwrap_or(chrono::Duration::MAX);
-    while !cancel.is_cancelled() {
-        let n = store.delete_processed_messages(processed_before, batch).await?;
-        pruned.processed += n;
-        metrics::counter!("sagaflow_retention_deleted_total", "table" => "processed_messages").increment(n);
-        if n < batch as u64 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    Ok(pruned)
+    Ok(deleted)
 }
 
 /// Prunes every `retention.interval` until cancelled.

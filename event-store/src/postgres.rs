@@ -223,6 +223,13 @@ impl PgEventStore {
     }
 }
 
+impl PgEventStore {
+    /// Runs one retention delete (`$1` the cut-off, `$2` the batch size).
+    async fn delete_batch(&self, sql: &str, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        Ok(sqlx::query(sql).bind(before).bind(limit_of(limit)).execute(&self.pool).await?.rows_affected())
+    }
+}
+
 fn map_unique_violation(err: sqlx::Error, append: &StreamAppend, current: u64, event_id: Uuid) -> Error {
     if let sqlx::Error::Database(db) = &err {
         if db.is_unique_violation() {
@@ -416,27 +423,23 @@ impl EventStore for PgEventStore {
     }
 
     async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
-        Ok(sqlx::query(
+        self.delete_batch(
             "DELETE FROM outbox WHERE id = ANY(ARRAY(
                SELECT id FROM outbox WHERE published_at < $1 ORDER BY published_at LIMIT $2))",
+            before,
+            limit,
         )
-        .bind(before)
-        .bind(limit_of(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .await
     }
 
     async fn delete_processed_messages(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
-        Ok(sqlx::query(
+        self.delete_batch(
             "DELETE FROM processed_messages WHERE ctid = ANY(ARRAY(
                SELECT ctid FROM processed_messages WHERE processed_at < $1 ORDER BY processed_at LIMIT $2))",
+            before,
+            limit,
         )
-        .bind(before)
-        .bind(limit_of(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .await
     }
 
     async fn outbox_pending(&self) -> Result<u64> {

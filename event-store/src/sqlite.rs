@@ -221,6 +221,14 @@ fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
     })
 }
 
+impl SqliteEventStore {
+    /// Runs one retention delete (the cut-off, then the batch size), as the single writer.
+    async fn delete_batch(&self, sql: &str, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        let _writer = self.write.lock().await;
+        Ok(sqlx::query(sql).bind(micros(before)).bind(limit_of(limit)).execute(&self.pool).await?.rows_affected())
+    }
+}
+
 #[async_trait]
 impl EventStore for SqliteEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
@@ -372,29 +380,23 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
-        let _writer = self.write.lock().await;
-        Ok(sqlx::query(
+        self.delete_batch(
             "DELETE FROM outbox WHERE id IN (
                SELECT id FROM outbox WHERE published_at < ? ORDER BY published_at LIMIT ?)",
+            before,
+            limit,
         )
-        .bind(micros(before))
-        .bind(limit_of(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .await
     }
 
     async fn delete_processed_messages(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
-        let _writer = self.write.lock().await;
-        Ok(sqlx::query(
+        self.delete_batch(
             "DELETE FROM processed_messages WHERE rowid IN (
                SELECT rowid FROM processed_messages WHERE processed_at < ? ORDER BY processed_at LIMIT ?)",
+            before,
+            limit,
         )
-        .bind(micros(before))
-        .bind(limit_of(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .await
     }
 
     async fn outbox_pending(&self) -> Result<u64> {
