@@ -61,6 +61,10 @@ pub async fn run_consumer(
                     permanent = Some(err.to_string());
                 }
                 Err(err) => {
+                    // A dead-letter write that fails for a transient reason (the store went
+                    // away) suggests the first failure came from the store too: handle the
+                    // message again once the store is back rather than dead-letter it.
+                    permanent = None;
                     failures = failures.saturating_add(1);
                     tracing::warn!(consumer = %name, position = %delivery.position(), error = %err, failures, "handling failed; retrying");
                     let backoff = Duration::from_millis(100 * u64::from(failures.min(50)));

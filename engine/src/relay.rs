@@ -71,12 +71,13 @@ impl OutboxRelay {
     /// Publishes one batch; returns how many messages it published.
     pub async fn publish_batch(&self) -> Result<usize> {
         let mut claimed = self.store.claim_outbox(&self.relay_id, self.batch, self.lease).await?;
-        self.holding_lease(self.publish_claimed(&mut claimed)).await
+        let ids = ids_of(&claimed);
+        self.holding_lease(&ids, self.publish_claimed(&mut claimed)).await
     }
 
-    /// Runs `work` while renewing this relay's claims, so that they outlive a slow publish
-    /// but not a crash.
-    async fn holding_lease<T>(&self, work: impl Future<Output = T>) -> T {
+    /// Runs `work` while renewing this relay's claims on `ids`, so that they outlive a slow
+    /// publish but not a crash.
+    async fn holding_lease<T>(&self, ids: &[u64], work: impl Future<Output = T>) -> T {
         tokio::pin!(work);
         let mut renew = tokio::time::interval(self.lease / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -85,7 +86,7 @@ impl OutboxRelay {
             tokio::select! {
                 out = &mut work => return out,
                 _ = renew.tick() => {
-                    if let Err(err) = self.store.renew_claims(&self.relay_id, self.lease).await {
+                    if let Err(err) = self.store.renew_claims(&self.relay_id, ids, self.lease).await {
                         tracing::warn!(relay = %self.relay_id, error = %err, "cannot renew outbox claims");
                     }
                 }
@@ -93,8 +94,21 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes `claimed` and marks it published. A message the transport refuses for good
-    /// is replaced by a dead-letter record (its row stays in the outbox table) and the rest
+    /// Before a failed batch is tried again: renews its claims, and drops the batch when any
+    /// was lost meanwhile (its lease ran out and another relay may be publishing it), so that
+    /// two relays never publish the same rows at once. What is still ours is claimed again.
+    async fn still_holding(&self, retained: &mut Vec<OutboxMessage>) -> Result<()> {
+        let ids = ids_of(retained);
+        let renewed = self.store.renew_claims(&self.relay_id, &ids, self.lease).await?;
+        if renewed < ids.len() as u64 {
+            tracing::warn!(relay = %self.relay_id, held = renewed, batch = ids.len(), "outbox claims lapsed; claiming afresh");
+            retained.clear();
+        }
+        Ok(())
+    }
+
+    /// Publishes `claimed` and marks it published; returns how many it is done with. A message
+    /// the transport refuses for good is dead-lettered (see [`Self::dead_letter`]) and the rest
     /// go on; any other failure leaves `claimed` as it is, to be tried again.
     async fn publish_claimed(&self, claimed: &mut Vec<OutboxMessage>) -> Result<usize> {
         let mut published = 0;
@@ -102,7 +116,7 @@ impl OutboxRelay {
             let messages: Vec<_> = claimed.iter().map(|m| m.message.clone()).collect();
             match self.transport.publish(&messages).await {
                 Ok(()) => {
-                    let ids: Vec<u64> = claimed.iter().map(|m| m.id).collect();
+                    let ids = ids_of(claimed);
                     self.store.mark_published(&self.relay_id, &ids).await?;
                     published += ids.len();
                     claimed.clear();
@@ -118,6 +132,9 @@ impl OutboxRelay {
         Ok(published)
     }
 
+    /// Reports a message the transport refuses for good on the dead-letter topic (an empty
+    /// record whose headers say why) and marks its row dead-lettered: the row, the full copy,
+    /// stays in the outbox table for an operator and is never deleted by retention.
     async fn dead_letter(&self, message: &OutboxMessage, reason: &str) -> Result<()> {
         tracing::error!(relay = %self.relay_id, outbox_id = message.id, topic = %message.message.topic, %reason,
             "the transport refuses an outbox message for good; dead-lettering a record of it");
@@ -134,9 +151,18 @@ impl OutboxRelay {
                 payload: Vec::new(),
                 headers,
             };
-            self.transport.publish(&[record]).await?;
+            match self.transport.publish(&[record]).await {
+                Ok(()) => {}
+                // The record is refused too (the dead-letter topic has its own limits): the row
+                // in the outbox, marked below, is then the only report; do not block on it.
+                Err(Error::Unpublishable { reason: refused, .. }) => tracing::error!(
+                    relay = %self.relay_id, outbox_id = message.id, %refused,
+                    "the dead-letter record is refused too; the outbox row keeps the message"
+                ),
+                Err(err) => return Err(err),
+            }
         }
-        self.store.mark_published(&self.relay_id, &[message.id]).await?;
+        self.store.mark_dead_lettered(&self.relay_id, message.id, reason).await?;
         Ok(())
     }
 
@@ -153,10 +179,14 @@ impl OutboxRelay {
     }
 
     async fn step(&self, unpublished: &mut Vec<OutboxMessage>) -> Result<usize> {
+        if !unpublished.is_empty() {
+            self.still_holding(unpublished).await?;
+        }
         if unpublished.is_empty() {
             *unpublished = self.store.claim_outbox(&self.relay_id, self.batch, self.lease).await?;
         }
-        self.holding_lease(self.publish_claimed(unpublished)).await
+        let ids = ids_of(unpublished);
+        self.holding_lease(&ids, self.publish_claimed(unpublished)).await
     }
 
     /// Runs until cancelled, then flushes what is left.
@@ -204,6 +234,10 @@ impl OutboxRelay {
             }
         }
     }
+}
+
+fn ids_of(messages: &[OutboxMessage]) -> Vec<u64> {
+    messages.iter().map(|m| m.id).collect()
 }
 
 #[cfg(test)]
@@ -300,5 +334,7 @@ mod tests {
         assert_eq!(topics, ["dlq", "t", "t"]);
         assert!(accepted[0].headers[HEADER_DLQ_REASON].contains("MessageSizeTooLarge"));
         assert_eq!(store.outbox_pending().await.unwrap(), 0);
+        let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(store.delete_published_outbox(later, 10).await.unwrap(), 2, "the refused row is kept");
     }
 }

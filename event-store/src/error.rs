@@ -63,13 +63,14 @@ fn sqlx_is_transient(err: &sqlx::Error) -> bool {
 
 /// PostgreSQL SQLSTATE classes of connection trouble (08), rollbacks for serialization or
 /// deadlock (40), exhausted resources (53), operator intervention such as a shutdown (57)
-/// and system errors (58); SQLite's busy, locked, I/O, full and cannot-open codes.
+/// and system errors (58), plus a read-only server during a failover (25006) and lock
+/// timeouts (55P03, 55006); SQLite's busy, locked, I/O, full and cannot-open codes.
 fn database_code_is_transient(code: &str) -> bool {
     // A SQLSTATE has five characters; SQLite's (extended) result codes have at most four digits.
     if code.len() < 5 {
         return code.parse::<u32>().is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14));
     }
-    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58"))
+    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58")) || matches!(code, "25006" | "55P03" | "55006")
 }
 
 fn display_actual(actual: Option<u64>) -> String {
@@ -94,6 +95,8 @@ mod tests {
         assert!(database_code_is_transient("40001"), "serialization failure");
         assert!(!database_code_is_transient("22P05"), "untranslatable character (a NUL)");
         assert!(!database_code_is_transient("23505"), "unique violation");
+        assert!(database_code_is_transient("25006"), "read-only during a failover");
+        assert!(database_code_is_transient("55P03"), "lock not available");
         assert!(database_code_is_transient("5") && database_code_is_transient("517"), "SQLITE_BUSY");
         assert!(!database_code_is_transient("19"), "SQLITE_CONSTRAINT");
     }

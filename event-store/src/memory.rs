@@ -17,6 +17,7 @@ struct OutboxEntry {
     message: OutboxMessage,
     claim: Option<(String, DateTime<Utc>)>,
     published: Option<DateTime<Utc>>,
+    dead_letter_reason: Option<String>,
 }
 
 #[derive(Default)]
@@ -152,6 +153,7 @@ impl EventStore for MemoryEventStore {
                 message: OutboxMessage { id, message, created_at: Utc::now() },
                 claim: None,
                 published: None,
+                dead_letter_reason: None,
             });
         }
         for timer in commit.timers {
@@ -249,11 +251,23 @@ impl EventStore for MemoryEventStore {
         Ok(self.lock().outbox.iter().filter(|e| e.published.is_none()).count() as u64)
     }
 
-    async fn renew_claims(&self, relay_id: &str, lease: Duration) -> Result<u64> {
+    async fn mark_dead_lettered(&self, relay_id: &str, id: u64, reason: &str) -> Result<()> {
+        let mut state = self.lock();
+        let entry = state.outbox.iter_mut().find(|e| {
+            e.message.id == id && e.published.is_none() && e.claim.as_ref().is_some_and(|(r, _)| r == relay_id)
+        });
+        if let Some(entry) = entry {
+            entry.published = Some(Utc::now());
+            entry.dead_letter_reason = Some(reason.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn renew_claims(&self, relay_id: &str, ids: &[u64], lease: Duration) -> Result<u64> {
         let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         let mut state = self.lock();
         let mut renewed = 0;
-        for entry in state.outbox.iter_mut().filter(|e| e.published.is_none()) {
+        for entry in state.outbox.iter_mut().filter(|e| e.published.is_none() && ids.contains(&e.message.id)) {
             if let Some((by, claimed_until)) = &mut entry.claim {
                 if by == relay_id {
                     *claimed_until = until;
@@ -268,7 +282,8 @@ impl EventStore for MemoryEventStore {
         let mut state = self.lock();
         let mut deleted = 0_usize;
         state.outbox.retain(|e| {
-            let expired = deleted < limit && e.published.is_some_and(|at| at < before);
+            let expired =
+                deleted < limit && e.dead_letter_reason.is_none() && e.published.is_some_and(|at| at < before);
             deleted += usize::from(expired);
             !expired
         });

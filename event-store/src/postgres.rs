@@ -409,14 +409,29 @@ impl EventStore for PgEventStore {
         Ok(())
     }
 
-    async fn renew_claims(&self, relay_id: &str, lease: Duration) -> Result<u64> {
+    async fn mark_dead_lettered(&self, relay_id: &str, id: u64, reason: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET published_at = now(), dead_letter_reason = $3
+             WHERE id = $1 AND claimed_by = $2 AND published_at IS NULL",
+        )
+        .bind(i64_of(id))
+        .bind(relay_id)
+        .bind(reason.replace('\0', "\\u0000"))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn renew_claims(&self, relay_id: &str, ids: &[u64], lease: Duration) -> Result<u64> {
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let ids: Vec<i64> = ids.iter().copied().map(i64_of).collect();
         Ok(sqlx::query(
             "UPDATE outbox SET claimed_until = now() + $2 * interval '1 millisecond'
-             WHERE claimed_by = $1 AND published_at IS NULL",
+             WHERE id = ANY($3) AND claimed_by = $1 AND published_at IS NULL",
         )
         .bind(relay_id)
         .bind(lease_ms)
+        .bind(&ids)
         .execute(&self.pool)
         .await?
         .rows_affected())
@@ -425,7 +440,8 @@ impl EventStore for PgEventStore {
     async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         self.delete_batch(
             "DELETE FROM outbox WHERE id = ANY(ARRAY(
-               SELECT id FROM outbox WHERE published_at < $1 ORDER BY published_at LIMIT $2))",
+               SELECT id FROM outbox WHERE published_at < $1 AND dead_letter_reason IS NULL
+               ORDER BY published_at LIMIT $2))",
             before,
             limit,
         )

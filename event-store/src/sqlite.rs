@@ -368,21 +368,42 @@ impl EventStore for SqliteEventStore {
         Ok(())
     }
 
-    async fn renew_claims(&self, relay_id: &str, lease: Duration) -> Result<u64> {
-        let until = micros(Utc::now()).saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+    async fn mark_dead_lettered(&self, relay_id: &str, id: u64, reason: &str) -> Result<()> {
         let _writer = self.write.lock().await;
-        Ok(sqlx::query("UPDATE outbox SET claimed_until = ? WHERE claimed_by = ? AND published_at IS NULL")
-            .bind(until)
-            .bind(relay_id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        sqlx::query(
+            "UPDATE outbox SET published_at = ?, dead_letter_reason = ?
+             WHERE id = ? AND claimed_by = ? AND published_at IS NULL",
+        )
+        .bind(micros(Utc::now()))
+        .bind(reason)
+        .bind(i64_of(id))
+        .bind(relay_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn renew_claims(&self, relay_id: &str, ids: &[u64], lease: Duration) -> Result<u64> {
+        let until = micros(Utc::now()).saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        let ids = serde_json::to_string(ids).map_err(|e| Error::Invalid(format!("outbox ids: {e}")))?;
+        let _writer = self.write.lock().await;
+        Ok(sqlx::query(
+            "UPDATE outbox SET claimed_until = ?
+             WHERE id IN (SELECT value FROM json_each(?)) AND claimed_by = ? AND published_at IS NULL",
+        )
+        .bind(until)
+        .bind(ids)
+        .bind(relay_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         self.delete_batch(
             "DELETE FROM outbox WHERE id IN (
-               SELECT id FROM outbox WHERE published_at < ? ORDER BY published_at LIMIT ?)",
+               SELECT id FROM outbox WHERE published_at < ? AND dead_letter_reason IS NULL
+               ORDER BY published_at LIMIT ?)",
             before,
             limit,
         )

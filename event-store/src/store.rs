@@ -46,12 +46,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// Marks messages claimed by `relay_id` as published.
     async fn mark_published(&self, relay_id: &str, ids: &[u64]) -> Result<()>;
 
-    /// Extends, to `lease` from now, every claim `relay_id` holds on unpublished messages.
-    /// A live relay renews while it works, so leases can be short and a crashed relay's
-    /// claims pass to another within one lease. Returns how many claims were renewed.
-    async fn renew_claims(&self, relay_id: &str, lease: Duration) -> Result<u64>;
+    /// Marks a message claimed by `relay_id` as done without publishing it: the broker refused
+    /// it for good. The row, the only full copy of the message, is kept with `reason` (retention
+    /// does not delete it) for an operator to look at.
+    async fn mark_dead_lettered(&self, relay_id: &str, id: u64, reason: &str) -> Result<()>;
 
-    /// Deletes up to `limit` outbox messages published before `before` (retention).
+    /// Extends, to `lease` from now, the claims `relay_id` still holds on the unpublished
+    /// messages `ids`. A live relay renews while it works, so leases can be short and a
+    /// crashed relay's claims pass to another within one lease. Returns how many claims were
+    /// renewed: fewer than `ids` means some were lost (their lease ran out and another relay
+    /// took them, or they were published).
+    async fn renew_claims(&self, relay_id: &str, ids: &[u64], lease: Duration) -> Result<u64>;
+
+    /// Deletes up to `limit` outbox messages published before `before` (retention); rows
+    /// marked dead-lettered are kept.
     /// Returns how many were deleted; fewer than `limit` means none is left.
     async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use engine::coordinator::Coordinator;
-use engine::saga::SagaStatus;
+use engine::saga::{SagaState, SagaStatus, StepStatus};
 use engine::{Error, Repository, Result};
 use event_store::{Commit, EventStore};
 use rust_decimal::Decimal;
@@ -107,9 +107,11 @@ impl OrderService {
             (SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed, OrderStatus::Cancelled) => {
                 (OrderViewStatus::Rejected, order.state.reason.clone())
             }
-            // Created but neither approved nor cancelled by a failed saga: a late approval may
-            // still land, so this is no final answer.
-            (SagaStatus::Failed, OrderStatus::Created) => (OrderViewStatus::OutcomeUnknown, saga.state.reason.clone()),
+            // Created, neither approved nor cancelled, by a saga that failed after sending the
+            // approval: a late approval may still land, so this is no final answer.
+            (SagaStatus::Failed, OrderStatus::Created) if approval_may_land(&saga.state) => {
+                (OrderViewStatus::OutcomeUnknown, saga.state.reason.clone())
+            }
             (SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed, _) => {
                 (OrderViewStatus::Rejected, saga.state.reason.clone())
             }
@@ -128,6 +130,15 @@ impl OrderService {
     }
 }
 
+/// Whether the pivot (the step without a compensation: the approval) was sent and not
+/// definitely refused, so that it may still take effect.
+fn approval_may_land(saga: &SagaState) -> bool {
+    let Some(definition) = &saga.definition else { return false };
+    definition.steps.iter().zip(&saga.steps).any(|(def, step)| {
+        def.compensation.is_none() && step.attempts > 0 && (step.status != StepStatus::Failed || step.possibly_applied)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +151,12 @@ mod tests {
 
     use crate::order::OrderCommand;
 
+    fn order_of(price: &str) -> NewOrder {
+        serde_json::from_value(serde_json::json!(
+            {"customer_id": "c", "items": [{"sku": "A", "quantity": 1, "unit_price": price}]}))
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn a_pivot_with_an_unknown_outcome_is_not_shown_as_a_final_rejection() {
         let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
@@ -147,19 +164,25 @@ mod tests {
         registry.ensure(crate::order_fulfilment()).await.unwrap();
         let coordinator = Arc::new(Coordinator::new(Arc::clone(&store), registry, Topics::new("t")));
         let service = OrderService::new(coordinator, Arc::clone(&store));
-        let order: NewOrder = serde_json::from_value(serde_json::json!(
-            {"customer_id": "c", "items": [{"sku": "A", "quantity": 1, "unit_price": "2.00"}]}))
-        .unwrap();
-        let submitted = service.submit(order).await.unwrap();
+        let submitted = service.submit(order_of("2.00")).await.unwrap();
         let id = submitted.order_id.clone();
         let orders = Repository::<Order>::new(Arc::clone(&store));
         let create = OrderCommand::Create { customer_id: "c".into(), items: vec![], total: Decimal::from(2) };
         orders.execute(&id, &create).await.unwrap();
-        // The pivot (approve-order) timed out: the saga fails with an unknown outcome.
+        // The pivot (approve-order) was sent and timed out: the saga fails with an unknown outcome.
         let stream = engine::coordinator::saga_stream(submitted.saga_id);
+        let message_id = format!("{}/approve-order/do/1", submitted.saga_id);
+        let pivot_sent = SagaEvent::StepCommandSent {
+            step: "approve-order".into(),
+            attempt: 1,
+            message_id: message_id.clone(),
+            deadline: chrono::Utc::now(),
+        };
+        let pivot_timed_out = SagaEvent::StepTimedOut { step: "approve-order".into(), attempt: 1, message_id };
+        let failed = SagaEvent::SagaFailed { reason: "pivot step 'approve-order' timed out".into() };
         let version = store.stream_version(&stream).await.unwrap();
-        let failed = encode(&SagaEvent::SagaFailed { reason: "pivot step 'approve-order' timed out".into() }).unwrap();
-        store.append(&stream, ExpectedVersion::from_current(version), vec![failed]).await.unwrap();
+        let events = [pivot_sent, pivot_timed_out, failed].iter().map(|e| encode(e).unwrap()).collect();
+        store.append(&stream, ExpectedVersion::from_current(version), events).await.unwrap();
 
         let view = service.view(&id).await.unwrap().unwrap();
         assert_eq!(view.status, OrderViewStatus::OutcomeUnknown);
@@ -169,5 +192,18 @@ mod tests {
         // The late approval lands: now, and only now, the answer is final.
         orders.execute(&id, &OrderCommand::Approve).await.unwrap();
         assert_eq!(service.view(&id).await.unwrap().unwrap().status, OrderViewStatus::Approved);
+
+        // A saga that failed before it ever sent the approval (a compensation kept failing)
+        // leaves nothing that could approve the order: that answer is final.
+        let other = service.submit(order_of("3.00")).await.unwrap();
+        let create = OrderCommand::Create { customer_id: "c".into(), items: vec![], total: Decimal::from(3) };
+        orders.execute(&other.order_id, &create).await.unwrap();
+        let stream = engine::coordinator::saga_stream(other.saga_id);
+        let version = store.stream_version(&stream).await.unwrap();
+        let failed = SagaEvent::SagaFailed { reason: "compensation of step 'process-payment' failed".into() };
+        store.append(&stream, ExpectedVersion::from_current(version), vec![encode(&failed).unwrap()]).await.unwrap();
+        let view = service.view(&other.order_id).await.unwrap().unwrap();
+        assert_eq!(view.status, OrderViewStatus::Rejected);
+        assert!(view.status.is_terminal());
     }
 }

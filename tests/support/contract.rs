@@ -305,21 +305,22 @@ pub async fn a_renewed_lease_outlives_its_first_term_and_a_dead_one_passes_on(
     let message =
         |n| OutgoingMessage { topic: "t".into(), key: "k".into(), payload: vec![n], headers: BTreeMap::new() };
     store.commit(Commit::default().with_message(message(1))).await.unwrap();
-    let lease = Duration::from_millis(600);
+    let lease = Duration::from_millis(2_000);
     let claimed = store.claim_outbox("live", 10, lease).await.unwrap();
     assert_eq!(claimed.len(), 1);
+    let ids = [claimed[0].id];
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(store.renew_claims("live", lease).await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(store.renew_claims("live", &ids, lease).await.unwrap(), 1);
     }
-    assert!(store.claim_outbox("other", 10, lease).await.unwrap().is_empty(), "renewed past its first 600 ms");
+    assert!(store.claim_outbox("other", 10, lease).await.unwrap().is_empty(), "renewed past its first 2 s");
     // The live relay stops renewing (it crashed): within one lease, another takes over.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
     let taken = store.claim_outbox("other", 10, lease).await.unwrap();
-    assert_eq!(taken.iter().map(|m| m.id).collect::<Vec<_>>(), vec![claimed[0].id]);
-    assert_eq!(store.renew_claims("live", lease).await.unwrap(), 0, "a relay renews only its own claims");
-    store.mark_published("other", &[claimed[0].id]).await.unwrap();
-    assert_eq!(store.renew_claims("other", lease).await.unwrap(), 0, "published rows are not renewed");
+    assert_eq!(taken.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    assert_eq!(store.renew_claims("live", &ids, lease).await.unwrap(), 0, "a lost claim is not renewed");
+    store.mark_published("other", &ids).await.unwrap();
+    assert_eq!(store.renew_claims("other", &ids, lease).await.unwrap(), 0, "published rows are not renewed");
 }
 
 pub async fn retention_deletes_old_published_rows_and_dedup_records_in_batches(
@@ -343,6 +344,13 @@ pub async fn retention_deletes_old_published_rows_and_dedup_records_in_batches(
     assert_eq!(store.delete_published_outbox(cut, 2).await.unwrap(), 0);
     assert_eq!(store.outbox_pending().await.unwrap(), 2, "unpublished messages are kept");
     assert_eq!(store.claim_outbox("r", 10, Duration::from_secs(10)).await.unwrap().len(), 2);
+
+    // A row the broker refused for good is marked, not deleted: it is the only full copy.
+    let refused = store.claim_outbox("r", 1, Duration::from_secs(10)).await.unwrap();
+    store.mark_dead_lettered("r", refused[0].id, "too large").await.unwrap();
+    assert_eq!(store.outbox_pending().await.unwrap(), 1);
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(store.delete_published_outbox(later, 10).await.unwrap(), 0, "a dead-lettered row is kept");
 
     assert_eq!(store.delete_processed_messages(cut, 10).await.unwrap(), 5);
     let redelivered_old = store.commit(Commit::default().processing("c", "old-0")).await;

@@ -49,22 +49,21 @@ impl KafkaConfig {
     }
 }
 
-/// Whether the broker (or the client) refuses this one message for good: resending it
-/// cannot succeed. Leader elections, `NOT_ENOUGH_REPLICAS`, timeouts and unreachable brokers
-/// are temporary and are not listed.
+/// Whether the broker (or the client) refuses this one message for good, for what the
+/// message itself is: resending it cannot succeed. Leader elections, `NOT_ENOUGH_REPLICAS`,
+/// timeouts and unreachable brokers are temporary; so are authorization and policy refusals
+/// (an operator fixes an ACL, and the message must still go out) and a batch that is too
+/// large (the next try batches differently). None of those is listed.
 fn refuses_for_good(err: &KafkaError) -> bool {
     let KafkaError::MessageProduction(code) = err else { return false };
     matches!(
         code,
         RDKafkaErrorCode::MessageSizeTooLarge
             | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::MessageBatchTooLarge
             | RDKafkaErrorCode::InvalidMessage
             | RDKafkaErrorCode::InvalidRecord
             | RDKafkaErrorCode::InvalidTopic
-            | RDKafkaErrorCode::TopicAuthorizationFailed
             | RDKafkaErrorCode::UnsupportedForMessageFormat
-            | RDKafkaErrorCode::PolicyViolation
             | RDKafkaErrorCode::BadMessage
             | RDKafkaErrorCode::InvalidArgument
     )
@@ -351,6 +350,9 @@ mod tests {
             RDKafkaErrorCode::AllBrokersDown,
             RDKafkaErrorCode::UnknownTopicOrPartition,
             RDKafkaErrorCode::LeaderNotAvailable,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::PolicyViolation,
+            RDKafkaErrorCode::MessageBatchTooLarge,
         ] {
             assert!(!refuses_for_good(&production(temporary)), "{temporary:?} is temporary");
         }
