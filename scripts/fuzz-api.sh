@@ -13,8 +13,8 @@ MAX_TIME="${SAGAFLOW_FUZZ_SECONDS:-120}"
 
 log() { echo "[fuzz] $*" >&2; }
 
-if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" \
-   && ! schemathesis --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+# Run as a module: a freshly pip-installed console script may not be on PATH yet (pyenv shims).
+if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
   log "installing schemathesis $SCHEMATHESIS_VERSION"
   python3 -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2
 fi
@@ -38,7 +38,7 @@ done
 # "AST constructor recursion depth mismatch"), which says nothing about the API.
 status=0
 SCHEMATHESIS_HOOKS=problem_json PYTHONPATH="scripts/fuzz" timeout "$((MAX_TIME + 120))" \
-  schemathesis run "http://127.0.0.1:$port/openapi.json" \
+  python3 -m schemathesis.cli run "http://127.0.0.1:$port/openapi.json" \
     --checks not_a_server_error,problem_json_on_4xx \
     --phases examples,fuzzing --generation-allow-x00 true \
     --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" \
