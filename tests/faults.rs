@@ -33,6 +33,21 @@ fn spec(database_url: String, kafka: String, prefix: &str, name: &str, logs: &Pa
     }
 }
 
+/// Starts one engine with every role, and a shop of `(skus, stock each, customers, credit
+/// limit each)` stocked up through it.
+async fn one_engine(
+    database_url: String,
+    kafka: String,
+    logs: &Path,
+    (skus, stock, customers, limit): (usize, u64, usize, u64),
+) -> (EngineProcess, Arc<Shop>) {
+    let mut engine = EngineProcess::start(spec(database_url, kafka, &unique_prefix(), "engine", logs));
+    engine.ready(Duration::from_secs(60)).await;
+    let shop = Arc::new(Shop::new(vec![engine.base.clone()], skus, stock, customers, Decimal::from(limit)));
+    shop.stock_up().await;
+    (engine, shop)
+}
+
 /// Places orders `range` from a background task, `per_second` at most, each retried with
 /// its key until accepted.
 fn place_in_background(
@@ -59,12 +74,8 @@ fn place_in_background(
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn engine_sigkilled_five_times_and_restarted_in_the_same_groups_loses_nothing(pool: PgPool) {
     let logs = log_dir("sigkill");
-    let prefix = unique_prefix();
-    let mut engine =
-        EngineProcess::start(spec(database_url_of(&pool).await, kafka_bootstrap(), &prefix, "engine", &logs));
-    engine.ready(Duration::from_secs(60)).await;
-    let shop = Arc::new(Shop::new(vec![engine.base.clone()], 3, 180, 4, Decimal::from(1_100)));
-    shop.stock_up().await;
+    let (mut engine, shop) =
+        one_engine(database_url_of(&pool).await, kafka_bootstrap(), &logs, (3, 180, 4, 1_100)).await;
 
     // 300 orders over ~35 s; a kill at a random moment 3-7 s after each restart is ready.
     let orders = 300;
@@ -111,12 +122,8 @@ async fn the_survivor_of_two_engines_takes_over_partitions_and_outbox_claims(poo
 async fn a_frozen_broker_then_an_emptied_one_delay_sagas_but_lose_none(pool: PgPool) {
     let logs = log_dir("broker");
     let mut broker = BrokerProcess::start(&logs);
-    let prefix = unique_prefix();
-    let mut engine =
-        EngineProcess::start(spec(database_url_of(&pool).await, broker.bootstrap(), &prefix, "engine", &logs));
-    engine.ready(Duration::from_secs(60)).await;
-    let shop = Arc::new(Shop::new(vec![engine.base.clone()], 2, 1_000, 2, Decimal::from(100_000)));
-    shop.stock_up().await;
+    let (_engine, shop) =
+        one_engine(database_url_of(&pool).await, broker.bootstrap(), &logs, (2, 1_000, 2, 100_000)).await;
 
     // Freeze during load: orders are still accepted (they queue in the outbox).
     let before = place_in_background(Arc::clone(&shop), 0..60, 30);
@@ -163,11 +170,7 @@ async fn a_postgres_restart_gets_503s_and_the_engine_reconnects_by_itself() {
     sagaflow_tests::init_tracing();
     let logs = log_dir("postgres");
     let postgres = PostgresCluster::start();
-    let prefix = unique_prefix();
-    let mut engine = EngineProcess::start(spec(postgres.url(), kafka_bootstrap(), &prefix, "engine", &logs));
-    engine.ready(Duration::from_secs(60)).await;
-    let shop = Arc::new(Shop::new(vec![engine.base.clone()], 2, 1_000, 2, Decimal::from(100_000)));
-    shop.stock_up().await;
+    let (_engine, shop) = one_engine(postgres.url(), kafka_bootstrap(), &logs, (2, 1_000, 2, 100_000)).await;
 
     let placing = place_in_background(Arc::clone(&shop), 0..120, 20);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -187,12 +190,8 @@ async fn a_postgres_restart_gets_503s_and_the_engine_reconnects_by_itself() {
 async fn sigterm_stops_within_15_seconds_with_the_broker_gone(pool: PgPool) {
     let logs = log_dir("sigterm");
     let broker = BrokerProcess::start(&logs);
-    let prefix = unique_prefix();
-    let mut engine =
-        EngineProcess::start(spec(database_url_of(&pool).await, broker.bootstrap(), &prefix, "engine", &logs));
-    engine.ready(Duration::from_secs(60)).await;
-    let shop = Arc::new(Shop::new(vec![engine.base.clone()], 1, 100, 1, Decimal::from(1_000)));
-    shop.stock_up().await;
+    let (mut engine, shop) =
+        one_engine(database_url_of(&pool).await, broker.bootstrap(), &logs, (1, 100, 1, 1_000)).await;
     drop(broker);
     for n in 0..5 {
         shop.place(n, Duration::from_secs(10)).await;

@@ -69,6 +69,10 @@ fn refuses_for_good(err: &KafkaError) -> bool {
     )
 }
 
+/// How long a consumer whose topics vanished may sit without partitions before it
+/// subscribes again.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(15);
+
 fn kafka_err(context: &str, err: &KafkaError) -> Error {
     Error::Transport(format!("{context}: {err}"))
 }
@@ -228,9 +232,11 @@ impl Transport for KafkaTransport {
         Ok(Box::new(KafkaConsumer {
             consumer,
             group: group.to_owned(),
+            topics: topics.to_vec(),
             since: Instant::now(),
             warn_after: self.config.assignment_warning_after,
             warned: false,
+            topic_vanished: None,
         }))
     }
 
@@ -272,19 +278,38 @@ impl ConsumerContext for GroupLog {
 struct KafkaConsumer {
     consumer: StreamConsumer<GroupLog>,
     group: String,
+    topics: Vec<String>,
     since: Instant,
     warn_after: Duration,
     warned: bool,
+    /// When the broker said a subscribed topic or partition does not exist (a broker that
+    /// restarted empty): if the consumer then sits without partitions, it subscribes anew.
+    topic_vanished: Option<Instant>,
 }
 
 impl KafkaConsumer {
     /// A member that never gets partitions would sit silently forever (a known broker-side
     /// rebalance hang): say so loudly instead.
     fn check_assignment(&mut self) {
+        let assigned = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        if assigned > 0 {
+            self.topic_vanished = None;
+        } else if self.topic_vanished.is_some_and(|at| at.elapsed() >= RESUBSCRIBE_AFTER) {
+            // Its topics were gone and have been created again, but the group did not
+            // notice (seen on a broker restarted empty): join it again.
+            self.topic_vanished = None;
+            let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+            self.consumer.unsubscribe();
+            match self.consumer.subscribe(&names) {
+                Ok(()) => {
+                    tracing::warn!(group = %self.group, "no partitions since the topics vanished; subscribed again")
+                }
+                Err(err) => tracing::error!(group = %self.group, error = %err, "cannot subscribe again"),
+            }
+        }
         if self.warned || self.since.elapsed() < self.warn_after {
             return;
         }
-        let assigned = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
         if assigned == 0 {
             tracing::error!(
                 group = %self.group,
@@ -302,7 +327,19 @@ impl Consumer for KafkaConsumer {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), self.consumer.recv()).await {
                 Err(_) => self.check_assignment(),
-                Ok(Err(err)) => return Err(kafka_err("consuming", &err)),
+                Ok(Err(err)) => {
+                    let vanished = matches!(
+                        err,
+                        KafkaError::MessageConsumption(
+                            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownPartition
+                        )
+                    );
+                    if vanished {
+                        self.topic_vanished.get_or_insert_with(Instant::now);
+                    }
+                    self.check_assignment();
+                    return Err(kafka_err("consuming", &err));
+                }
                 Ok(Ok(message)) => {
                     let mut headers = BTreeMap::new();
                     if let Some(hs) = message.headers() {
