@@ -24,7 +24,8 @@ pub fn dead_letter_copy(topics: &Topics, delivery: &Delivery, reason: &str) -> O
     }
 }
 
-fn storable(text: &str) -> String {
+/// `text` with every NUL spelled out as `\u0000`, so that any store can keep it.
+pub(crate) fn storable(text: &str) -> String {
     text.replace('\0', "\\u0000")
 }
 

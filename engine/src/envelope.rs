@@ -70,16 +70,6 @@ pub struct Envelope {
 /// Longest `message_id` accepted (it becomes part of the deduplication record).
 pub const MAX_MESSAGE_ID_LEN: usize = 512;
 
-/// Whether any string (or object key) inside `value` holds a NUL.
-pub fn has_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
-
 /// A legal Kafka topic name: 1-249 of ASCII letters, digits, '.', '_' and '-'.
 pub fn valid_topic(topic: &str) -> bool {
     !topic.is_empty()
@@ -108,7 +98,7 @@ impl Envelope {
             Some(Outcome::Failure { reason, .. }) => reason.contains('\0'),
             _ => false,
         };
-        if strings.flatten().any(|s| s.contains('\0')) || reason || has_nul(&envelope.payload) {
+        if strings.flatten().any(|s| s.contains('\0')) || reason || event_store::has_nul(&envelope.payload) {
             return Err("the envelope contains a NUL character (U+0000), which cannot be stored".into());
         }
         if let Some(topic) = &envelope.reply_to {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use event_store::{EventStore, OutboxMessage, OutgoingMessage};
 use tokio_util::sync::CancellationToken;
 
+use crate::dead_letter::storable;
 use crate::envelope::{HEADER_DLQ_REASON, HEADER_DLQ_SOURCE};
 use crate::error::{Error, Result};
 use crate::transport::Transport;
@@ -162,7 +163,7 @@ impl OutboxRelay {
                 Err(err) => return Err(err),
             }
         }
-        self.store.mark_dead_lettered(&self.relay_id, message.id, reason).await?;
+        self.store.mark_dead_lettered(&self.relay_id, message.id, &storable(reason)).await?;
         Ok(())
     }
 

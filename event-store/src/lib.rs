@@ -19,5 +19,5 @@ pub use model::{
     AppendResult, Commit, CommitResult, DueTimer, ExpectedVersion, NewEvent, OutboxMessage, OutgoingMessage,
     ProcessedMessage, RecordedEvent, Snapshot, StreamAppend, TimerChange,
 };
-pub use store::{EventStore, EventStoreExt};
+pub use store::{has_nul, EventStore, EventStoreExt};
 pub use subscription::Subscription;

@@ -416,7 +416,7 @@ impl EventStore for PgEventStore {
         )
         .bind(i64_of(id))
         .bind(relay_id)
-        .bind(reason.replace('\0', "\\u0000"))
+        .bind(reason)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -147,7 +147,9 @@ pub(crate) fn validate_commit(commit: &Commit) -> Result<()> {
     Ok(())
 }
 
-fn has_nul(value: &serde_json::Value) -> bool {
+/// Whether any string (or object key) inside `value` holds U+0000, which PostgreSQL's jsonb
+/// cannot store: the one check, used here and at the engine's wire edge.
+pub fn has_nul(value: &serde_json::Value) -> bool {
     match value {
         serde_json::Value::String(s) => s.contains('\0'),
         serde_json::Value::Array(items) => items.iter().any(has_nul),

@@ -32,6 +32,21 @@ fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
+/// Spawns `command` with no input and both outputs going to a new log file at `log`.
+fn spawn_logged(command: &mut Command, log: &Path, what: &str) -> Child {
+    let out = File::create(log).unwrap_or_else(|e| panic!("{what} log file {}: {e}", log.display()));
+    let err = out.try_clone().unwrap_or_else(|e| panic!("{what} log file: {e}"));
+    command.stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("{what} starts: {e}"))
+}
+
+/// SIGKILLs `child`, if any, and waits for it.
+fn reap(child: Option<Child>) {
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// The `sagaflow` binary of this build (`cargo build --bin sagaflow` puts it beside the
 /// test binaries' `deps/` folder; `scripts/test.sh` builds it first).
 pub fn sagaflow_binary() -> PathBuf {
@@ -80,10 +95,8 @@ impl EngineProcess {
 
     fn spawn(&mut self) {
         self.starts += 1;
-        let log = self.log_path();
-        let out = File::create(&log).expect("engine log file");
-        let err = out.try_clone().expect("engine log file");
-        let child = Command::new(sagaflow_binary())
+        let mut command = Command::new(sagaflow_binary());
+        command
             .arg("serve")
             .env("DATABASE_URL", &self.spec.database_url)
             .env("KAFKA_BOOTSTRAP_SERVERS", &self.spec.kafka)
@@ -96,12 +109,8 @@ impl EngineProcess {
                 "RUST_LOG",
                 std::env::var("SAGAFLOW_TEST_LOG").unwrap_or_else(|_| "info,sqlx=warn,rdkafka=warn".into()),
             )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("the sagaflow binary starts");
+            .env("NO_COLOR", "1");
+        let child = spawn_logged(&mut command, &self.log_path(), "the sagaflow binary");
         self.child = Some(child);
     }
 
@@ -135,10 +144,7 @@ impl EngineProcess {
 
     /// SIGKILL, as in a crash: nothing gets to clean up.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(self.child.take());
     }
 
     /// Starts the same process again (same groups, same port), after a kill.
@@ -159,8 +165,7 @@ impl EngineProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        reap(Some(child));
         None
     }
 }
@@ -195,18 +200,16 @@ impl BrokerProcess {
 
     fn spawn(&mut self) {
         self.starts += 1;
-        let log = File::create(self.log_dir.join(format!("broker-{}.log", self.starts))).expect("broker log");
-        let err = log.try_clone().expect("broker log");
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(std::env::var("SAGAFLOW_TEST_BROKER").unwrap_or_else(|_| "nisshi".into()))
-            .args(["broker", "--cluster-id", "sagaflow-faults", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url, "--storage-engine", "memory://faults/"])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .expect("the broker binary (nisshi) starts: run scripts/services.sh");
-        self.child = Some(child);
+        let mut command = Command::new(std::env::var("SAGAFLOW_TEST_BROKER").unwrap_or_else(|_| "nisshi".into()));
+        command.args(["broker", "--cluster-id", "sagaflow-faults", "--listener-url", &url]).args([
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://faults/",
+        ]);
+        let log = self.log_dir.join(format!("broker-{}.log", self.starts));
+        self.child = Some(spawn_logged(&mut command, &log, "the broker (nisshi: run scripts/services.sh)"));
         wait_for_port(self.port, "the broker", Duration::from_secs(30));
     }
 
@@ -226,21 +229,18 @@ impl BrokerProcess {
 
     /// SIGKILL, then a new, empty broker on the same port.
     pub fn restart_empty(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(self.child.take());
         self.spawn();
     }
 }
 
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = &self.child {
+            // A frozen broker must be thawed to die.
             let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
-            let _ = child.kill();
-            let _ = child.wait();
         }
+        reap(self.child.take());
     }
 }
 
