@@ -32,7 +32,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
-fn report(name: &str, count: usize, elapsed: Duration, mut latencies: Vec<Duration>) {
+fn report(name: &str, count: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> f64 {
     latencies.sort();
     println!(
         "{name:<44} {count:>6} in {:>7.2} s = {:>8.0}/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
@@ -41,23 +41,26 @@ fn report(name: &str, count: usize, elapsed: Duration, mut latencies: Vec<Durati
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
     );
+    count as f64 / elapsed.as_secs_f64()
 }
 
-async fn appends(name: &str, store: Arc<dyn EventStore>, writers: usize, per_writer: usize) {
+/// Runs `writers` tasks that each call `one(writer, i)` `per_writer` times; reports and
+/// returns the rate.
+async fn run_writers<F, Fut>(label: &str, writers: usize, per_writer: usize, one: F) -> f64
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let one = Arc::new(one);
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
-            let store = Arc::clone(&store);
-            let name = name.to_owned();
+            let one = Arc::clone(&one);
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_writer);
                 for i in 0..per_writer {
                     let begun = Instant::now();
-                    let event = NewEvent::new("Benchmarked", json!({ "writer": w, "i": i }));
-                    store
-                        .append(&format!("bench-{name}-{writers}-{w}-{i}"), ExpectedVersion::NoStream, vec![event])
-                        .await
-                        .unwrap();
+                    one(w, i).await;
                     latencies.push(begun.elapsed());
                 }
                 latencies
@@ -68,7 +71,40 @@ async fn appends(name: &str, store: Arc<dyn EventStore>, writers: usize, per_wri
     for t in tasks {
         latencies.extend(t.await.unwrap());
     }
-    report(&format!("append, {name}, {writers} writer(s)"), writers * per_writer, start.elapsed(), latencies);
+    report(label, writers * per_writer, start.elapsed(), latencies)
+}
+
+async fn appends(name: &str, store: Arc<dyn EventStore>, writers: usize, per_writer: usize) -> f64 {
+    let stream_prefix = format!("bench-{name}-{writers}");
+    run_writers(&format!("append, {name}, {writers} writer(s)"), writers, per_writer, move |w, i| {
+        let (store, stream) = (Arc::clone(&store), format!("{stream_prefix}-{w}-{i}"));
+        async move {
+            let event = NewEvent::new("Benchmarked", json!({ "writer": w, "i": i }));
+            store.append(&stream, ExpectedVersion::NoStream, vec![event]).await.unwrap();
+        }
+    })
+    .await
+}
+
+/// The raw limit of a single-event append: one plain INSERT (its own transaction) into a
+/// table shaped like `events`, over sqlx, with no engine code.
+async fn raw_appends(pool: sqlx::PgPool, writers: usize, per_writer: usize) -> f64 {
+    run_writers(&format!("append, raw INSERT, {writers} writer(s)"), writers, per_writer, move |w, i| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO raw_events (event_id, stream_id, version, event_type, data)
+                 VALUES ($1, $2, 1, 'Benchmarked', $3) RETURNING global_position",
+            )
+            .bind(uuid::Uuid::now_v7())
+            .bind(format!("raw-{writers}-{w}-{i}"))
+            .bind(json!({ "writer": w, "i": i }))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        }
+    })
+    .await
 }
 
 async fn orders(name: &str, store: Arc<dyn EventStore>, transport: Arc<dyn Transport>, count: usize) {
@@ -191,7 +227,7 @@ async fn retention(url: &str, rows: i64) {
          FROM generate_series(1, {rows}) g;
          INSERT INTO processed_messages (consumer, message_id, processed_at)
          SELECT 'bench', g::text, now() - interval '9 days' FROM generate_series(1, {rows}) g;
-         VACUUM ANALYZE outbox; VACUUM ANALYZE processed_messages;"
+         ANALYZE outbox; ANALYZE processed_messages;"
     );
     let (_, alone) = with_writer(&store, tokio::time::sleep(Duration::from_secs(3))).await;
     println!("retention: {rows} outbox rows + {rows} processed records; writer alone: {}", writer_figures(&alone));
@@ -270,8 +306,23 @@ async fn main() {
         return;
     };
     let (pg, db) = fresh_postgres(&url).await.expect("a bench database on DATABASE_URL");
-    appends("postgres", Arc::clone(&pg), 1, 1000).await;
-    appends("postgres", Arc::clone(&pg), 8, 250).await;
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
+    let raw_pool = sqlx::PgPool::connect(&format!("{base}/{db}")).await.unwrap();
+    raw_pool
+        .execute(
+            "CREATE TABLE raw_events (global_position BIGSERIAL PRIMARY KEY, event_id UUID NOT NULL UNIQUE,
+               stream_id TEXT NOT NULL, version BIGINT NOT NULL, event_type TEXT NOT NULL, data JSONB NOT NULL,
+               metadata JSONB NOT NULL DEFAULT '{}', recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+               UNIQUE (stream_id, version))",
+        )
+        .await
+        .unwrap();
+    for (writers, per_writer) in [(1, 1000), (8, 250)] {
+        let raw = raw_appends(raw_pool.clone(), writers, per_writer).await;
+        let ours = appends("postgres", Arc::clone(&pg), writers, per_writer).await;
+        println!("append, {writers} writer(s): ours/raw {:.2}", ours / raw);
+    }
+    raw_pool.close().await;
     orders("postgres + kafka", pg, sagaflow_tests::kafka_transport(), 500).await;
     println!("peak RSS {:.1} MiB", peak_rss_mib());
     retention(&url, 2_000_000).await;
