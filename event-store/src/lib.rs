@@ -9,6 +9,7 @@ pub mod memory;
 pub mod model;
 pub mod postgres;
 pub mod read;
+pub mod signals;
 mod sql;
 pub mod sqlite;
 pub mod store;
@@ -16,8 +17,9 @@ pub mod subscription;
 
 pub use error::{Error, Result};
 pub use model::{
-    AppendResult, Commit, CommitResult, DueTimer, ExpectedVersion, NewEvent, OutboxMessage, OutgoingMessage,
-    ProcessedMessage, RecordedEvent, Snapshot, StreamAppend, TimerChange,
+    AllPosition, AppendResult, Commit, CommitResult, DueTimer, ExpectedVersion, NewEvent, OutboxMessage,
+    OutgoingMessage, ProcessedMessage, RecordedEvent, Snapshot, StreamAppend, TimerChange,
 };
+pub use signals::{CommitSignals, StreamWatch};
 pub use store::{has_nul, EventStore, EventStoreExt};
 pub use subscription::Subscription;

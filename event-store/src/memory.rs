@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::model::{AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, RecordedEvent, Snapshot, TimerChange};
+use crate::model::{
+    AllPosition, AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, RecordedEvent, Snapshot, TimerChange,
+};
+use crate::signals::CommitSignals;
 use crate::store::{validate_commit, EventStore};
 
 struct OutboxEntry {
@@ -36,7 +38,7 @@ struct State {
 #[derive(Clone)]
 pub struct MemoryEventStore {
     state: Arc<Mutex<State>>,
-    changes: Arc<watch::Sender<u64>>,
+    signals: Arc<CommitSignals>,
 }
 
 impl Default for MemoryEventStore {
@@ -48,7 +50,7 @@ impl Default for MemoryEventStore {
 impl MemoryEventStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self { state: Arc::default(), changes: Arc::new(watch::channel(0).0) }
+        Self { state: Arc::default(), signals: Arc::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -64,6 +66,7 @@ fn current_version(state: &State, stream_id: &str) -> u64 {
 impl EventStore for MemoryEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
         validate_commit(&commit)?;
+        let touched: Vec<String> = commit.appends.iter().map(|a| a.stream_id.clone()).collect();
         let mut state = self.lock();
         // Check everything first: a failed commit writes nothing.
         let mut plans = Vec::with_capacity(commit.appends.len());
@@ -126,6 +129,7 @@ impl EventStore for MemoryEventStore {
                     stream_id: append.stream_id.clone(),
                     version,
                     global_position: state.all.len() as u64 + 1,
+                    transaction_id: state.all.len() as u64 + 1,
                     event_type: event.event_type,
                     data: event.data,
                     metadata: event.metadata,
@@ -167,7 +171,7 @@ impl EventStore for MemoryEventStore {
             }
         }
         drop(state);
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.signals.committed(touched.iter().map(String::as_str));
         Ok(CommitResult { appends: results })
     }
 
@@ -185,9 +189,9 @@ impl EventStore for MemoryEventStore {
         Ok((v > 0).then_some(v))
     }
 
-    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+    async fn read_all(&self, after: AllPosition, limit: usize) -> Result<Vec<RecordedEvent>> {
         let state = self.lock();
-        let start = usize::try_from(after).unwrap_or(usize::MAX).min(state.all.len());
+        let start = usize::try_from(after.global_position).unwrap_or(usize::MAX).min(state.all.len());
         Ok(state.all[start..].iter().take(limit).cloned().collect())
     }
 
@@ -314,8 +318,8 @@ impl EventStore for MemoryEventStore {
         Ok(due)
     }
 
-    fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+    fn signals(&self) -> &Arc<CommitSignals> {
+        &self.signals
     }
 
     async fn ping(&self) -> Result<()> {

@@ -93,12 +93,45 @@ pub struct RecordedEvent {
     pub stream_id: String,
     /// Gap-free per stream, starting at 1.
     pub version: u64,
-    /// Total order of all events: a reader never sees an event appear below a position it passed.
+    /// Unique across all streams, increasing within a stream and within a transaction. Across
+    /// transactions that commit concurrently it need not follow commit order: `$all` is read
+    /// in [`AllPosition`] order.
     pub global_position: u64,
+    /// The transaction that wrote the event (PostgreSQL's 64-bit transaction id). On the
+    /// single-writer backends, commits are serial and this equals `global_position`.
+    pub transaction_id: u64,
     pub event_type: String,
     pub data: Value,
     pub metadata: Value,
     pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    /// Where the event sits in `$all`.
+    pub fn all_position(&self) -> AllPosition {
+        AllPosition { transaction_id: self.transaction_id, global_position: self.global_position }
+    }
+}
+
+/// A place in `$all`, the order of all events: by writing transaction, then by position.
+/// A reader of `$all` sees an event only once every older transaction has finished, so it
+/// never finds a new event behind a place it passed. `AllPosition::START` is before
+/// every event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AllPosition {
+    pub transaction_id: u64,
+    pub global_position: u64,
+}
+
+impl AllPosition {
+    /// Before every event.
+    pub const START: Self = Self { transaction_id: 0, global_position: 0 };
+}
+
+impl fmt::Display for AllPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.transaction_id, self.global_position)
+    }
 }
 
 /// Events to append to one stream, guarded by an expected version.

@@ -1,44 +1,59 @@
 //! PostgreSQL backend.
 //!
-//! Per-stream concurrency: the writer locks the stream's row (`FOR UPDATE`) and compares
-//! versions; a unique `(stream_id, version)` constraint backs that up. Global order: event
-//! rows get their position from a sequence while the transaction holds an advisory lock
-//! that is released only at commit, so positions become visible in increasing order and a
-//! reader of `$all` never skips an event that commits later at a lower position.
+//! A commit is one call of the `sagaflow_commit` SQL function: one round trip whatever its
+//! size. Per-stream concurrency: the function locks the stream's row (`FOR UPDATE`) and
+//! compares versions; a unique `(stream_id, version)` constraint backs that up. Global
+//! order without a global lock: each event records its transaction id (xid8), and `$all`
+//! readers see only events of transactions older than every running one, in (transaction,
+//! position) order, so writers commit in parallel and no reader skips an event that
+//! commits later at a lower position. Commits are announced to other processes by one
+//! task that coalesces them into few NOTIFYs, so no commit waits on PostgreSQL's
+//! notification lock.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::json;
+use sqlx::postgres::{PgDatabaseError, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    i64_of, u64_of, AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, OutgoingMessage, RecordedEvent,
-    Snapshot, StreamAppend, TimerChange,
+    i64_of, u64_of, AllPosition, AppendResult, Commit, CommitResult, DueTimer, ExpectedVersion, OutboxMessage,
+    OutgoingMessage, RecordedEvent, Snapshot, TimerChange,
 };
-use crate::sql::{limit_of, run_commit, EVENT_COLUMNS};
+use crate::signals::CommitSignals;
+use crate::sql::{limit_of, run_commit};
 use crate::store::EventStore;
+
+/// Columns of an event row, in the order the row readers expect.
+const EVENT_COLUMNS: &str =
+    "global_position, transaction_id::text::int8 AS transaction_id, event_id, stream_id, version, event_type, data, metadata, recorded_at";
 
 /// Embedded migrations of the PostgreSQL schema.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 const NOTIFY_CHANNEL: &str = "sagaflow_commits";
-/// Advisory lock key that orders global positions ("sagaflow" in ASCII, truncated).
-const GLOBAL_ORDER_LOCK: i64 = 0x7361_6761_666c_6f77;
+/// NOTIFY payloads must stay under 8,000 bytes; beyond this a notice says "anything".
+const MAX_NOTICE_BYTES: usize = 7_000;
+/// The notice entry that means "any stream may have changed".
+const ANY_STREAM: &str = "*";
 
 /// Event store on PostgreSQL.
 #[derive(Clone)]
 pub struct PgEventStore {
     pool: PgPool,
-    changes: Arc<watch::Sender<u64>>,
-    _listener: Arc<DropGuard>,
+    signals: Arc<CommitSignals>,
+    announcer: Arc<Announcer>,
+    _tasks: Arc<DropGuard>,
 }
 
 impl PgEventStore {
@@ -54,13 +69,14 @@ impl PgEventStore {
 
     /// Uses an existing pool whose database already has the schema.
     pub async fn from_pool(pool: PgPool) -> Result<Self> {
-        let (tx, _) = watch::channel(0_u64);
-        let changes = Arc::new(tx);
+        let signals = Arc::new(CommitSignals::default());
+        let announcer = Arc::new(Announcer::new());
         let cancel = CancellationToken::new();
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
-        tokio::spawn(listen_for_commits(listener, Arc::clone(&changes), cancel.clone()));
-        Ok(Self { pool, changes, _listener: Arc::new(cancel.drop_guard()) })
+        tokio::spawn(listen_for_commits(listener, Arc::clone(&signals), announcer.instance.clone(), cancel.clone()));
+        tokio::spawn(Arc::clone(&announcer).run(pool.clone(), cancel.clone()));
+        Ok(Self { pool, signals, announcer, _tasks: Arc::new(cancel.drop_guard()) })
     }
 
     /// The underlying pool.
@@ -68,158 +84,128 @@ impl PgEventStore {
         &self.pool
     }
 
-    async fn append_one(tx: &mut Transaction<'_, Postgres>, append: &StreamAppend) -> Result<AppendResult> {
-        sqlx::query("INSERT INTO streams (stream_id, version) VALUES ($1, 0) ON CONFLICT (stream_id) DO NOTHING")
-            .bind(&append.stream_id)
-            .execute(&mut **tx)
-            .await?;
-        let current: i64 = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1 FOR UPDATE")
-            .bind(&append.stream_id)
-            .fetch_one(&mut **tx)
-            .await?;
-        let current = u64_of(current);
-        let actual = (current > 0).then_some(current);
-
-        if !append.events.is_empty() {
-            let ids: Vec<Uuid> = append.events.iter().map(|e| e.event_id).collect();
-            let stored: Vec<(Uuid, i64)> = sqlx::query_as(
-                "SELECT event_id, global_position FROM events WHERE stream_id = $1 AND event_id = ANY($2)",
-            )
-            .bind(&append.stream_id)
-            .bind(&ids)
-            .fetch_all(&mut **tx)
-            .await?;
-            if stored.len() == ids.len() {
-                let by_id: BTreeMap<Uuid, i64> = stored.into_iter().collect();
-                let positions = ids.iter().filter_map(|id| by_id.get(id)).map(|p| u64_of(*p)).collect();
-                return Ok(AppendResult {
-                    stream_id: append.stream_id.clone(),
-                    next_expected_version: current,
-                    positions,
-                    already_stored: true,
-                });
-            }
-            if !stored.is_empty() {
-                return Err(Error::PartialIdempotentAppend { stream: append.stream_id.clone() });
-            }
-        }
-        if !append.expected.matches(actual) {
-            return Err(Error::WrongExpectedVersion {
-                stream: append.stream_id.clone(),
-                expected: append.expected,
-                actual,
-            });
-        }
-        Ok(AppendResult {
-            stream_id: append.stream_id.clone(),
-            next_expected_version: current,
-            positions: Vec::new(),
-            already_stored: false,
-        })
-    }
-
-    async fn insert_events(
-        tx: &mut Transaction<'_, Postgres>,
-        append: &StreamAppend,
-        result: &mut AppendResult,
-    ) -> Result<()> {
-        let mut version = result.next_expected_version;
-        for event in &append.events {
-            version += 1;
-            let position: i64 = sqlx::query_scalar(
-                "INSERT INTO events (event_id, stream_id, version, event_type, data, metadata)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING global_position",
-            )
-            .bind(event.event_id)
-            .bind(&append.stream_id)
-            .bind(i64_of(version))
-            .bind(&event.event_type)
-            .bind(&event.data)
-            .bind(&event.metadata)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(|e| map_unique_violation(e, append, result.next_expected_version, event.event_id))?;
-            result.positions.push(u64_of(position));
-        }
-        sqlx::query("UPDATE streams SET version = $2 WHERE stream_id = $1")
-            .bind(&append.stream_id)
-            .bind(i64_of(version))
-            .execute(&mut **tx)
-            .await?;
-        result.next_expected_version = version;
-        Ok(())
+    /// Writes `commit` inside the caller's transaction `tx`, which may hold writes of its own:
+    /// the events, outbox messages and timers become durable when `tx` commits. Waiters in
+    /// this process are not woken (there is no commit yet); subscribers find the events at
+    /// their next poll.
+    pub async fn commit_within(&self, tx: &mut Transaction<'_, Postgres>, commit: &Commit) -> Result<CommitResult> {
+        crate::store::validate_commit(commit)?;
+        write_commit(&mut **tx, commit).await
     }
 
     async fn commit_tx(&self, commit: &Commit) -> Result<CommitResult> {
-        let mut tx = self.pool.begin().await?;
-        // Lock streams in id order so that multi-stream commits cannot deadlock.
-        let mut order: Vec<usize> = (0..commit.appends.len()).collect();
-        order.sort_by(|a, b| commit.appends[*a].stream_id.cmp(&commit.appends[*b].stream_id));
-        let mut results: Vec<Option<AppendResult>> = vec![None; commit.appends.len()];
-        for i in order {
-            results[i] = Some(Self::append_one(&mut tx, &commit.appends[i]).await?);
-        }
-        if let Some(processed) = &commit.processed {
-            let inserted = sqlx::query(
-                "INSERT INTO processed_messages (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .bind(&processed.consumer)
-            .bind(&processed.message_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                return Err(Error::AlreadyProcessed {
-                    consumer: processed.consumer.clone(),
-                    message_id: processed.message_id.clone(),
-                });
+        // One statement outside a transaction block: one round trip, its own transaction.
+        let result = write_commit(&self.pool, commit).await?;
+        self.announcer.announce(commit);
+        Ok(result)
+    }
+}
+
+/// Runs `sagaflow_commit` (see its migration) on `executor` and maps its refusals.
+async fn write_commit<'e, E>(executor: E, commit: &Commit) -> Result<CommitResult>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let written: serde_json::Value = sqlx::query_scalar("SELECT sagaflow_commit($1)")
+        .bind(commit_json(commit))
+        .fetch_one(executor)
+        .await
+        .map_err(|e| map_refusal(e, commit))?;
+    let landed: Vec<Landed> = serde_json::from_value(written)
+        .map_err(|e| Error::Invalid(format!("sagaflow_commit returned an unexpected shape: {e}")))?;
+    let mut appends: Vec<Option<AppendResult>> = vec![None; commit.appends.len()];
+    for landed in landed {
+        let append = commit.appends.get(landed.i).ok_or_else(|| Error::Invalid("sagaflow_commit: bad index".into()))?;
+        appends[landed.i] = Some(AppendResult {
+            stream_id: append.stream_id.clone(),
+            next_expected_version: landed.version,
+            positions: landed.positions,
+            already_stored: landed.already_stored,
+        });
+    }
+    let appends = appends.into_iter().collect::<Option<Vec<_>>>();
+    Ok(CommitResult { appends: appends.ok_or_else(|| Error::Invalid("sagaflow_commit skipped an append".into()))? })
+}
+
+/// Where one append landed, as `sagaflow_commit` reports it.
+#[derive(serde::Deserialize)]
+struct Landed {
+    i: usize,
+    version: u64,
+    positions: Vec<u64>,
+    already_stored: bool,
+}
+
+/// The argument of `sagaflow_commit`: appends in stream-id order (the lock order), the
+/// last change per timer key.
+fn commit_json(commit: &Commit) -> serde_json::Value {
+    let mut order: Vec<usize> = (0..commit.appends.len()).collect();
+    order.sort_by(|a, b| commit.appends[*a].stream_id.cmp(&commit.appends[*b].stream_id));
+    let appends: Vec<serde_json::Value> = order
+        .into_iter()
+        .map(|i| {
+            let append = &commit.appends[i];
+            let expected = match append.expected {
+                ExpectedVersion::Any => json!("any"),
+                ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => json!("no_stream"),
+                ExpectedVersion::Exact(v) => json!(v),
+            };
+            let events: Vec<serde_json::Value> = append
+                .events
+                .iter()
+                .map(|e| json!({ "id": e.event_id, "type": e.event_type, "data": e.data, "metadata": e.metadata }))
+                .collect();
+            json!({ "i": i, "stream": append.stream_id, "expected": expected, "events": events })
+        })
+        .collect();
+    let outbox: Vec<serde_json::Value> = commit
+        .outbox
+        .iter()
+        .map(|m| json!({ "topic": m.topic, "key": m.key, "payload": BASE64.encode(&m.payload), "headers": m.headers }))
+        .collect();
+    let mut timers: BTreeMap<&str, Option<String>> = BTreeMap::new();
+    for change in &commit.timers {
+        match change {
+            TimerChange::Set { key, due_at } => {
+                timers.insert(key, Some(due_at.to_rfc3339_opts(SecondsFormat::Micros, true)))
             }
+            TimerChange::Cancel { key } => timers.insert(key, None),
+        };
+    }
+    let timers: Vec<serde_json::Value> =
+        timers.into_iter().map(|(key, due_at)| json!({ "key": key, "due_at": due_at })).collect();
+    let processed = commit.processed.as_ref().map(|p| json!({ "consumer": p.consumer, "message_id": p.message_id }));
+    json!({ "appends": appends, "processed": processed, "outbox": outbox, "timers": timers })
+}
+
+/// Maps the refusals `sagaflow_commit` raises (SQLSTATE class SF) and unique violations to
+/// the store's typed errors.
+fn map_refusal(err: sqlx::Error, commit: &Commit) -> Error {
+    let sqlx::Error::Database(db) = &err else { return Error::Database(err) };
+    let detail = db.try_downcast_ref::<PgDatabaseError>().and_then(PgDatabaseError::detail).unwrap_or_default();
+    let stream = db.message().to_owned();
+    let append = commit.appends.iter().find(|a| a.stream_id == stream);
+    match db.code().as_deref() {
+        Some("SF001") => Error::WrongExpectedVersion {
+            expected: append.map_or(ExpectedVersion::Any, |a| a.expected),
+            actual: detail.parse::<u64>().ok().filter(|v| *v > 0),
+            stream,
+        },
+        Some("SF002") => match &commit.processed {
+            Some(p) => Error::AlreadyProcessed { consumer: p.consumer.clone(), message_id: p.message_id.clone() },
+            None => Error::Database(err),
+        },
+        Some("SF004") => Error::PartialIdempotentAppend { stream },
+        _ if db.is_unique_violation() && db.constraint() == Some("events_event_id_key") => {
+            // DETAIL: Key (event_id)=(<uuid>) already exists.
+            let event_id = detail
+                .split(['(', ')'])
+                .find_map(|part| Uuid::parse_str(part).ok())
+                .or_else(|| commit.appends.iter().flat_map(|a| &a.events).map(|e| e.event_id).next())
+                .unwrap_or_default();
+            Error::DuplicateEventId { event_id }
         }
-        let writes_events = commit
-            .appends
-            .iter()
-            .zip(&results)
-            .any(|(a, r)| !a.events.is_empty() && r.as_ref().is_some_and(|r| !r.already_stored));
-        if writes_events {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GLOBAL_ORDER_LOCK).execute(&mut *tx).await?;
-        }
-        let mut out = Vec::with_capacity(results.len());
-        for (append, result) in commit.appends.iter().zip(results) {
-            let mut result = result.ok_or_else(|| Error::Invalid("append skipped".into()))?;
-            if !result.already_stored && !append.events.is_empty() {
-                Self::insert_events(&mut tx, append, &mut result).await?;
-            }
-            out.push(result);
-        }
-        for message in &commit.outbox {
-            sqlx::query("INSERT INTO outbox (topic, msg_key, payload, headers) VALUES ($1, $2, $3, $4)")
-                .bind(&message.topic)
-                .bind(&message.key)
-                .bind(&message.payload)
-                .bind(serde_json::to_value(&message.headers).unwrap_or_default())
-                .execute(&mut *tx)
-                .await?;
-        }
-        for timer in &commit.timers {
-            match timer {
-                TimerChange::Set { key, due_at } => {
-                    sqlx::query(
-                        "INSERT INTO timers (timer_key, due_at) VALUES ($1, $2)
-                         ON CONFLICT (timer_key) DO UPDATE SET due_at = EXCLUDED.due_at",
-                    )
-                    .bind(key)
-                    .bind(due_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                TimerChange::Cancel { key } => {
-                    sqlx::query("DELETE FROM timers WHERE timer_key = $1").bind(key).execute(&mut *tx).await?;
-                }
-            }
-        }
-        sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(CommitResult { appends: out })
+        _ => Error::Database(err),
     }
 }
 
@@ -230,32 +216,101 @@ impl PgEventStore {
     }
 }
 
-fn map_unique_violation(err: sqlx::Error, append: &StreamAppend, current: u64, event_id: Uuid) -> Error {
-    if let sqlx::Error::Database(db) = &err {
-        if db.is_unique_violation() {
-            return match db.constraint() {
-                Some("events_event_id_key") => Error::DuplicateEventId { event_id },
-                _ => Error::WrongExpectedVersion {
-                    stream: append.stream_id.clone(),
-                    expected: append.expected,
-                    actual: (current > 0).then_some(current),
-                },
-            };
-        }
-    }
-    Error::Database(err)
+/// Tells other processes about this process's commits: one task, one NOTIFY at a time,
+/// carrying every stream committed since the last one. Commits never wait for it.
+struct Announcer {
+    /// Tells this process's own notices from others'.
+    instance: String,
+    pending: Mutex<Pending>,
+    ready: Notify,
 }
 
-async fn listen_for_commits(mut listener: PgListener, changes: Arc<watch::Sender<u64>>, cancel: CancellationToken) {
+#[derive(Default)]
+struct Pending {
+    any: bool,
+    streams: BTreeSet<String>,
+    bytes: usize,
+}
+
+impl Announcer {
+    fn new() -> Self {
+        Self { instance: Uuid::new_v4().simple().to_string(), pending: Mutex::default(), ready: Notify::new() }
+    }
+
+    fn announce(&self, commit: &Commit) {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.any = true;
+            for append in &commit.appends {
+                let stream = &append.stream_id;
+                if pending.bytes + stream.len() + 1 > MAX_NOTICE_BYTES || stream.contains('\n') || stream == ANY_STREAM
+                {
+                    pending.streams.clear();
+                    pending.streams.insert(ANY_STREAM.to_owned());
+                    pending.bytes = MAX_NOTICE_BYTES;
+                } else if !pending.streams.contains(ANY_STREAM) && pending.streams.insert(stream.clone()) {
+                    pending.bytes += stream.len() + 1;
+                }
+            }
+        }
+        self.ready.notify_one();
+    }
+
+    /// The next notice: this instance, then one stream per line (or `*`).
+    fn take(&self) -> Option<String> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        pending.any.then(|| {
+            let mut notice = self.instance.clone();
+            for stream in pending.streams {
+                notice.push('\n');
+                notice.push_str(&stream);
+            }
+            notice
+        })
+    }
+
+    async fn run(self: Arc<Self>, pool: PgPool, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.ready.notified() => {}
+            }
+            let Some(notice) = self.take() else { continue };
+            let sent = sqlx::query("SELECT pg_notify($1, $2)").bind(NOTIFY_CHANNEL).bind(&notice).execute(&pool).await;
+            if let Err(err) = sent {
+                // Other processes' waiters fall back to their polls.
+                tracing::warn!(error = %err, "cannot announce commits to other processes");
+            }
+        }
+    }
+}
+
+async fn listen_for_commits(
+    mut listener: PgListener,
+    signals: Arc<CommitSignals>,
+    instance: String,
+    cancel: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             received = listener.recv() => match received {
-                Ok(_) => { changes.send_modify(|n| *n = n.wrapping_add(1)); }
+                Ok(notice) => {
+                    let mut lines = notice.payload().split('\n');
+                    if lines.next() == Some(instance.as_str()) {
+                        continue;
+                    }
+                    let streams: Vec<&str> = lines.collect();
+                    if streams.contains(&ANY_STREAM) {
+                        signals.wake_all();
+                    } else {
+                        signals.committed(streams);
+                    }
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "commit listener lost its connection; retrying");
                     // Wake waiters: they re-read and lose nothing while we reconnect.
-                    changes.send_modify(|n| *n = n.wrapping_add(1));
+                    signals.wake_all();
                     tokio::select! {
                         () = cancel.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -269,6 +324,7 @@ async fn listen_for_commits(mut listener: PgListener, changes: Arc<watch::Sender
 fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
     Ok(RecordedEvent {
         global_position: u64_of(row.try_get("global_position")?),
+        transaction_id: u64_of(row.try_get("transaction_id")?),
         event_id: row.try_get("event_id")?,
         stream_id: row.try_get("stream_id")?,
         version: u64_of(row.try_get("version")?),
@@ -282,7 +338,7 @@ fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
 #[async_trait]
 impl EventStore for PgEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
-        run_commit("postgres", &self.changes, &commit, self.commit_tx(&commit)).await
+        run_commit("postgres", &self.signals, &commit, self.commit_tx(&commit)).await
     }
 
     async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
@@ -305,11 +361,15 @@ impl EventStore for PgEventStore {
         Ok(version.map(u64_of).filter(|v| *v > 0))
     }
 
-    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+    async fn read_all(&self, after: AllPosition, limit: usize) -> Result<Vec<RecordedEvent>> {
         let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE (transaction_id, global_position) > ($1::int8::text::xid8, $2)
+               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY transaction_id, global_position LIMIT $3"
         ))
-        .bind(i64_of(after))
+        .bind(i64_of(after.transaction_id))
+        .bind(i64_of(after.global_position))
         .bind(limit_of(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -474,8 +534,8 @@ impl EventStore for PgEventStore {
         Ok(rows.into_iter().map(|(key, due_at)| DueTimer { key, due_at }).collect())
     }
 
-    fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+    fn signals(&self) -> &Arc<CommitSignals> {
+        &self.signals
     }
 
     async fn ping(&self) -> Result<()> {

@@ -1,17 +1,12 @@
-//! What the SQL backends share: the event columns, limits, and the commit wrapper that
+//! What the SQL backends share: limits and the commit wrapper that
 //! validates, times and announces every commit.
 
 use std::future::Future;
 
-use tokio::sync::watch;
-
 use crate::error::Result;
 use crate::model::{Commit, CommitResult};
+use crate::signals::CommitSignals;
 use crate::store::validate_commit;
-
-/// Columns of an event row, in the order the row readers expect.
-pub(crate) const EVENT_COLUMNS: &str =
-    "global_position, event_id, stream_id, version, event_type, data, metadata, recorded_at";
 
 /// A `LIMIT` value.
 pub(crate) fn limit_of(limit: usize) -> i64 {
@@ -22,7 +17,7 @@ pub(crate) fn limit_of(limit: usize) -> i64 {
 /// wakes local subscribers.
 pub(crate) async fn run_commit<F>(
     backend: &'static str,
-    changes: &watch::Sender<u64>,
+    signals: &CommitSignals,
     commit: &Commit,
     write: F,
 ) -> Result<CommitResult>
@@ -34,6 +29,6 @@ where
     let result = write.await?;
     metrics::histogram!("sagaflow_append_duration_seconds", "backend" => backend)
         .record(started.elapsed().as_secs_f64());
-    changes.send_modify(|n| *n = n.wrapping_add(1));
+    signals.committed(commit.appends.iter().map(|a| a.stream_id.as_str()));
     Ok(result)
 }

@@ -1,7 +1,9 @@
 //! SQLite backend: the embedded, durable default for a single process.
 //!
 //! One write lock serializes commits, so versions and global positions are assigned in
-//! commit order; readers run concurrently (WAL journal).
+//! commit order; readers run concurrently (WAL journal). Group commit: commits that queue
+//! while another is written share the next transaction (one fsync), each inside its own
+//! savepoint, so a commit that fails (a version conflict) is rolled back alone.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,16 +15,21 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{oneshot, Mutex};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    i64_of, u64_of, AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, OutgoingMessage, RecordedEvent,
-    Snapshot, StreamAppend, TimerChange,
+    i64_of, u64_of, AllPosition, AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, OutgoingMessage,
+    RecordedEvent, Snapshot, StreamAppend, TimerChange,
 };
-use crate::sql::{limit_of, run_commit, EVENT_COLUMNS};
+use crate::signals::CommitSignals;
+use crate::sql::{limit_of, run_commit};
 use crate::store::EventStore;
+
+/// Columns of an event row, in the order the row readers expect.
+const EVENT_COLUMNS: &str =
+    "global_position, global_position AS transaction_id, event_id, stream_id, version, event_type, data, metadata, recorded_at";
 
 /// Embedded migrations of the SQLite schema.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -32,8 +39,18 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sql
 pub struct SqliteEventStore {
     pool: SqlitePool,
     write: Arc<Mutex<()>>,
-    changes: Arc<watch::Sender<u64>>,
+    signals: Arc<CommitSignals>,
+    queue: Arc<std::sync::Mutex<Vec<Queued>>>,
 }
+
+/// A commit waiting for the writer.
+struct Queued {
+    commit: Commit,
+    done: oneshot::Sender<Result<CommitResult>>,
+}
+
+/// At most this many commits share one transaction.
+const MAX_GROUP: usize = 256;
 
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -64,7 +81,7 @@ impl SqliteEventStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, write: Arc::default(), changes: Arc::new(watch::channel(0).0) })
+        Ok(Self { pool, write: Arc::default(), signals: Arc::default(), queue: Arc::default() })
     }
 
     async fn append_one(tx: &mut Transaction<'_, Sqlite>, append: &StreamAppend) -> Result<AppendResult> {
@@ -151,12 +168,85 @@ impl SqliteEventStore {
         Ok(result)
     }
 
+    /// Queues `commit` for the writer and, when this caller gets the write lock first,
+    /// writes everything queued as one group.
     async fn commit_tx(&self, commit: &Commit) -> Result<CommitResult> {
-        let _writer = self.write.lock().await;
+        let (done, result) = oneshot::channel();
+        self.lock_queue().push(Queued { commit: commit.clone(), done });
+        {
+            let _writer = self.write.lock().await;
+            loop {
+                let group: Vec<Queued> = {
+                    let mut queue = self.lock_queue();
+                    let n = queue.len().min(MAX_GROUP);
+                    queue.drain(..n).collect()
+                };
+                if group.is_empty() {
+                    break;
+                }
+                self.write_group(group).await;
+            }
+        }
+        result.await.map_err(|_| Error::Invalid("the commit was dropped by the writer".into()))?
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes a group in one transaction, each commit in a savepoint. When the transaction
+    /// itself fails, each commit is tried again in its own.
+    async fn write_group(&self, group: Vec<Queued>) {
+        if group.len() == 1 {
+            for queued in group {
+                let result = self.write_alone(&queued.commit).await;
+                let _ = queued.done.send(result);
+            }
+            return;
+        }
+        let mut outcomes = Vec::with_capacity(group.len());
+        let written = async {
+            let mut tx = self.pool.begin().await?;
+            for queued in &group {
+                sqlx::query("SAVEPOINT c").execute(&mut *tx).await?;
+                let outcome = Self::write_one(&mut tx, &queued.commit).await;
+                if outcome.is_err() {
+                    sqlx::query("ROLLBACK TO SAVEPOINT c").execute(&mut *tx).await?;
+                }
+                sqlx::query("RELEASE SAVEPOINT c").execute(&mut *tx).await?;
+                outcomes.push(outcome);
+            }
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                for (queued, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = queued.done.send(outcome);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, commits = group.len(), "group commit failed; writing its commits one by one");
+                for queued in group {
+                    let result = self.write_alone(&queued.commit).await;
+                    let _ = queued.done.send(result);
+                }
+            }
+        }
+    }
+
+    async fn write_alone(&self, commit: &Commit) -> Result<CommitResult> {
         let mut tx = self.pool.begin().await?;
+        let result = Self::write_one(&mut tx, commit).await?;
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn write_one(tx: &mut Transaction<'_, Sqlite>, commit: &Commit) -> Result<CommitResult> {
         let mut results = Vec::with_capacity(commit.appends.len());
         for append in &commit.appends {
-            results.push(Self::append_one(&mut tx, append).await?);
+            results.push(Self::append_one(tx, append).await?);
         }
         if let Some(processed) = &commit.processed {
             let inserted = sqlx::query(
@@ -165,7 +255,7 @@ impl SqliteEventStore {
             .bind(&processed.consumer)
             .bind(&processed.message_id)
             .bind(micros(Utc::now()))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected();
             if inserted == 0 {
@@ -182,7 +272,7 @@ impl SqliteEventStore {
                 .bind(&message.payload)
                 .bind(serde_json::to_string(&message.headers).unwrap_or_default())
                 .bind(micros(Utc::now()))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         for timer in &commit.timers {
@@ -194,15 +284,14 @@ impl SqliteEventStore {
                     )
                     .bind(key)
                     .bind(micros(*due_at))
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 }
                 TimerChange::Cancel { key } => {
-                    sqlx::query("DELETE FROM timers WHERE timer_key = ?").bind(key).execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM timers WHERE timer_key = ?").bind(key).execute(&mut **tx).await?;
                 }
             }
         }
-        tx.commit().await?;
         Ok(CommitResult { appends: results })
     }
 }
@@ -211,6 +300,7 @@ fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
     let event_id: String = row.try_get("event_id")?;
     Ok(RecordedEvent {
         global_position: u64_of(row.try_get("global_position")?),
+        transaction_id: u64_of(row.try_get("transaction_id")?),
         event_id: Uuid::parse_str(&event_id).map_err(|e| Error::Invalid(format!("stored event id is corrupt: {e}")))?,
         stream_id: row.try_get("stream_id")?,
         version: u64_of(row.try_get("version")?),
@@ -232,7 +322,7 @@ impl SqliteEventStore {
 #[async_trait]
 impl EventStore for SqliteEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
-        run_commit("sqlite", &self.changes, &commit, self.commit_tx(&commit)).await
+        run_commit("sqlite", &self.signals, &commit, self.commit_tx(&commit)).await
     }
 
     async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
@@ -255,11 +345,12 @@ impl EventStore for SqliteEventStore {
         Ok(version.map(u64_of).filter(|v| *v > 0))
     }
 
-    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+    async fn read_all(&self, after: AllPosition, limit: usize) -> Result<Vec<RecordedEvent>> {
+        // Commits are serial here: the transaction id is the position.
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ? ORDER BY global_position LIMIT ?"
         ))
-        .bind(i64_of(after))
+        .bind(i64_of(after.global_position))
         .bind(limit_of(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -436,8 +527,8 @@ impl EventStore for SqliteEventStore {
         Ok(rows.into_iter().map(|(key, due_at)| DueTimer { key, due_at: from_micros(due_at) }).collect())
     }
 
-    fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+    fn signals(&self) -> &Arc<CommitSignals> {
+        &self.signals
     }
 
     async fn ping(&self) -> Result<()> {

@@ -1,5 +1,6 @@
 //! The seam every backend implements.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,7 +9,10 @@ use futures::TryStreamExt;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::model::{AppendResult, Commit, DueTimer, ExpectedVersion, NewEvent, OutboxMessage, RecordedEvent, Snapshot};
+use crate::model::{
+    AllPosition, AppendResult, Commit, DueTimer, ExpectedVersion, NewEvent, OutboxMessage, RecordedEvent, Snapshot,
+};
+use crate::signals::{CommitSignals, StreamWatch};
 
 /// An event store backend.
 #[async_trait]
@@ -26,8 +30,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// The stream's current version; `None` when it has no events.
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>>;
 
-    /// Up to `limit` events of all streams with a global position above `after`, in order.
-    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>>;
+    /// Up to `limit` events of all streams after `after`, in `$all` order. An event is
+    /// returned only once every transaction older than its own has finished, so a later
+    /// read never returns an event before one an earlier read returned.
+    async fn read_all(&self, after: AllPosition, limit: usize) -> Result<Vec<RecordedEvent>>;
 
     /// Stream ids that start with `prefix`, in id order, after `after`.
     async fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
@@ -73,8 +79,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// Timers due at or before `now`, earliest first.
     async fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>>;
 
-    /// Ticks after every commit (in any process sharing the database, where the backend can tell).
-    fn changes(&self) -> watch::Receiver<u64>;
+    /// Wakes waiters after commits (in any process sharing the database, where the backend
+    /// can tell).
+    fn signals(&self) -> &Arc<CommitSignals>;
+
+    /// Ticks after every commit.
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.signals().any()
+    }
+
+    /// Ticks after every commit to `stream`.
+    fn stream_changes(&self, stream: &str) -> StreamWatch {
+        self.signals().stream(stream)
+    }
 
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<()>;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use engine::Repository;
 use event_store::{
-    Commit, Error, EventStore, EventStoreExt, ExpectedVersion, NewEvent, OutgoingMessage, Subscription, TimerChange,
+    AllPosition, Commit, Error, EventStore, EventStoreExt, ExpectedVersion, NewEvent, OutgoingMessage, Subscription,
+    TimerChange,
 };
 use futures::TryStreamExt;
 use serde_json::json;
@@ -110,38 +111,62 @@ pub async fn all_stream_order_with_concurrent_writers_never_lets_a_subscriber_sk
     store: Arc<dyn EventStore>,
     _other: Arc<dyn EventStore>,
 ) {
-    const WRITERS: usize = 8;
-    const PER_WRITER: usize = 40;
-    let total = WRITERS * PER_WRITER;
-    let mut subscription = Subscription::after(Arc::clone(&store), 0);
+    const WRITERS: usize = 32;
+    const PER_WRITER: usize = 12;
+    let mut subscription = Subscription::after(Arc::clone(&store), AllPosition::START);
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
     let reader = tokio::spawn(async move {
-        let mut seen = Vec::with_capacity(total);
-        while seen.len() < total {
-            let e = tokio::time::timeout(Duration::from_secs(30), subscription.next()).await.unwrap().unwrap();
-            seen.push((e.global_position, e.event_id));
+        let mut seen = Vec::new();
+        loop {
+            tokio::select! {
+                event = subscription.next() => {
+                    let e = event.unwrap();
+                    seen.push((e.all_position(), e.event_id));
+                }
+                // Every writer is done: drain what is left, then stop.
+                _ = done_rx.changed() => {
+                    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(1500), subscription.next()).await {
+                        seen.push((e.all_position(), e.event_id));
+                    }
+                    return seen;
+                }
+            }
         }
-        seen
     });
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
+                let mut written = 0;
                 for i in 0..PER_WRITER {
-                    // Half the writers share one stream, so their transactions queue on its row lock.
-                    let stream = if w % 2 == 0 { format!("own-{w}") } else { "shared".to_owned() };
-                    store.append(&stream, ExpectedVersion::Any, vec![event(i)]).await.unwrap();
+                    // Writers pause at random, so commits interleave in every order; a third
+                    // share one stream and queue on its lock; some appends carry several events.
+                    tokio::time::sleep(Duration::from_millis(rand::random_range(0..15))).await;
+                    let stream = if w % 3 == 0 { "shared".to_owned() } else { format!("own-{w}") };
+                    let events: Vec<NewEvent> = (0..1 + i % 3).map(|k| event(i * 10 + k)).collect();
+                    written += events.len();
+                    store.append(&stream, ExpectedVersion::Any, events).await.unwrap();
                 }
+                written
             })
         })
         .collect();
+    let mut total = 0;
     for w in writers {
-        w.await.unwrap();
+        total += w.await.unwrap();
     }
+    done_tx.send(true).unwrap();
     let seen = reader.await.unwrap();
-    let all: Vec<(u64, Uuid)> =
-        store.read_all(0, total + 10).await.unwrap().iter().map(|e| (e.global_position, e.event_id)).collect();
+    let all: Vec<(AllPosition, Uuid)> = store
+        .read_all(AllPosition::START, total + 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.all_position(), e.event_id))
+        .collect();
     assert_eq!(all.len(), total);
-    assert_eq!(seen, all, "the live subscriber saw exactly the final $all order");
+    assert_eq!(seen, all, "the live subscriber saw every event exactly once, in the final $all order");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "delivered in increasing $all position");
 }
 
 pub async fn catch_up_then_live_subscription_delivers_every_event_once_in_order(
@@ -151,7 +176,7 @@ pub async fn catch_up_then_live_subscription_delivers_every_event_once_in_order(
     for i in 0..25 {
         store.append(&format!("s-{}", i % 3), ExpectedVersion::Any, vec![event(i)]).await.unwrap();
     }
-    let mut sub = Subscription::after(Arc::clone(&store), 0);
+    let mut sub = Subscription::after(Arc::clone(&store), AllPosition::START);
     let mut got = Vec::new();
     for _ in 0..10 {
         got.push(sub.next().await.unwrap());
@@ -174,7 +199,7 @@ pub async fn catch_up_then_live_subscription_delivers_every_event_once_in_order(
     writer.await.unwrap();
     let ns: Vec<u64> = got.iter().map(|e| e.data["n"].as_u64().unwrap()).collect();
     assert_eq!(ns, (0..40).collect::<Vec<_>>(), "every event once, in order");
-    assert!(got.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    assert!(got.windows(2).all(|w| w[0].all_position() < w[1].all_position()));
     assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err(), "nothing extra");
 }
 
