@@ -113,7 +113,7 @@ async fn a_subscriber_never_skips_events_of_transactions_that_commit_late(pool: 
 /// first in `$all`, ahead of everything written after the upgrade.
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn events_written_before_the_upgrade_come_first_in_all(pool: PgPool) {
-    use event_store::{AllPosition, EventStore, EventStoreExt, ExpectedVersion, NewEvent};
+    use event_store::{AllPosition, EventStoreExt, ExpectedVersion, NewEvent};
 
     let store = pg_store(pool.clone()).await;
     store.append("old", ExpectedVersion::NoStream, vec![NewEvent::new("Old", serde_json::json!({}))]).await.unwrap();

@@ -141,6 +141,7 @@ pub async fn start(
         // so after a crash the next start takes over the claims at once.
         relay_id: (transport.name() == "in-process").then(|| "embedded".to_owned()),
         retention: Some(options.retention),
+        ..RuntimeConfig::default()
     };
     let runtime = Runtime::start(Arc::clone(&store), Arc::clone(&transport), Arc::clone(&coordinator), config).await?;
     let orders = Arc::new(OrderService::new(Arc::clone(&coordinator), Arc::clone(&store)));

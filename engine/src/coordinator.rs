@@ -2,7 +2,8 @@
 //! records each decision (events, commands to send, next timer, the processed reply)
 //! in one event-store transaction.
 
-use std::sync::Arc;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -10,6 +11,7 @@ use event_store::read::stream_events;
 use event_store::store::READ_PAGE;
 use event_store::{Commit, Error as StoreError, EventStore, ExpectedVersion, RecordedEvent, StreamAppend, TimerChange};
 use futures::TryStreamExt;
+use lru::LruCache;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -50,17 +52,51 @@ pub enum ReplyHandled {
     DeadLettered(String),
 }
 
+/// Sagas kept in memory between their replies.
+const CACHED_SAGAS: usize = 20_000;
+
 /// Drives sagas.
 pub struct Coordinator {
     store: Arc<dyn EventStore>,
     registry: Arc<DefinitionRegistry>,
     topics: Topics,
+    /// The states of running sagas as this process last wrote them: a reply then needs no
+    /// read. Only a cache: every decision is committed with the cached version as the
+    /// expected one, and a conflict (another process moved the saga on) reloads.
+    cache: Mutex<LruCache<Uuid, SagaView>>,
 }
 
 impl Coordinator {
     /// A coordinator over `store`.
     pub fn new(store: Arc<dyn EventStore>, registry: Arc<DefinitionRegistry>, topics: Topics) -> Self {
-        Self { store, registry, topics }
+        let capacity = NonZeroUsize::new(CACHED_SAGAS).unwrap_or(NonZeroUsize::MIN);
+        Self { store, registry, topics, cache: Mutex::new(LruCache::new(capacity)) }
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, LruCache<Uuid, SagaView>> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The saga's state for a decision: cached, or folded from its stream.
+    async fn current(&self, saga_id: Uuid) -> Result<Option<SagaView>> {
+        if let Some(view) = self.cached().get(&saga_id).cloned() {
+            return Ok(Some(view));
+        }
+        self.load(saga_id).await
+    }
+
+    /// Remembers the state a committed decision left the saga in; a finished saga is dropped.
+    fn remember(&self, saga_id: Uuid, view: SagaView) {
+        let mut cache = self.cached();
+        if view.state.status.is_terminal() {
+            cache.pop(&saga_id);
+        } else {
+            cache.put(saga_id, view);
+        }
+    }
+
+    fn forget(&self, saga_id: Uuid) {
+        self.cached().pop(&saga_id);
     }
 
     /// The definitions it starts sagas from.
@@ -89,8 +125,9 @@ impl Coordinator {
         extra: Commit,
     ) -> Result<Uuid> {
         let events = saga::start(saga_id, definition.clone(), input, Utc::now());
-        let commit = self.decision_commit(saga_id, &SagaState::default(), 0, &events, None, extra)?;
+        let (commit, after) = self.decision_commit(saga_id, &SagaState::default(), 0, &events, None, extra)?;
         self.store.commit(commit).await?;
+        self.remember(saga_id, after);
         metrics::counter!("sagaflow_sagas_started_total", "definition" => definition.name.clone()).increment(1);
         tracing::info!(saga_id = %saga_id, definition = %definition.name, version = definition.version, "saga started");
         Ok(saga_id)
@@ -146,7 +183,7 @@ impl Coordinator {
             result,
         };
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let view = match self.load(envelope.saga_id).await {
+            let view = match self.current(envelope.saga_id).await {
                 Ok(Some(view)) => view,
                 Ok(None) => return self.dead_letter(delivery, &format!("no saga with id {}", envelope.saga_id)).await,
                 // A saga stream that cannot be read would block its partition forever.
@@ -157,7 +194,7 @@ impl Coordinator {
                 Err(err) => return Err(err),
             };
             let events = view.state.on_reply(&reply, Utc::now());
-            let commit = self.decision_commit(
+            let (commit, after) = self.decision_commit(
                 envelope.saga_id,
                 &view.state,
                 view.version,
@@ -168,11 +205,15 @@ impl Coordinator {
             match self.store.commit(commit).await {
                 Ok(_) => {
                     log_decision(envelope.saga_id, &view.state, &events);
+                    self.remember(envelope.saga_id, after);
                     return Ok(ReplyHandled::Applied);
                 }
                 Err(StoreError::AlreadyProcessed { .. }) => return Ok(ReplyHandled::Duplicate),
-                Err(StoreError::WrongExpectedVersion { .. }) => continue,
-                Err(e) => return Err(e.into()),
+                Err(StoreError::WrongExpectedVersion { .. }) => self.forget(envelope.saga_id),
+                Err(e) => {
+                    self.forget(envelope.saga_id);
+                    return Err(e.into());
+                }
             }
         }
         Err(Error::Contention { stream: saga_stream(envelope.saga_id), attempts: MAX_CONFLICT_RETRIES })
@@ -184,7 +225,7 @@ impl Coordinator {
             return self.set_timer(key, None).await;
         };
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let view = match self.load(saga_id).await {
+            let view = match self.current(saga_id).await {
                 Ok(Some(view)) => view,
                 Ok(None) => return self.set_timer(key, None).await,
                 Err(err @ Error::Decode { .. }) => {
@@ -204,18 +245,27 @@ impl Coordinator {
                 let guarded = Commit::append(saga_stream(saga_id), ExpectedVersion::Exact(view.version), Vec::new())
                     .with_timer(change);
                 return match self.store.commit(guarded).await {
-                    Ok(_) | Err(StoreError::WrongExpectedVersion { .. }) => Ok(()),
+                    Ok(_) => Ok(()),
+                    Err(StoreError::WrongExpectedVersion { .. }) => {
+                        self.forget(saga_id);
+                        Ok(())
+                    }
                     Err(e) => Err(e.into()),
                 };
             }
-            let commit = self.decision_commit(saga_id, &view.state, view.version, &events, None, Commit::default())?;
+            let (commit, after) =
+                self.decision_commit(saga_id, &view.state, view.version, &events, None, Commit::default())?;
             match self.store.commit(commit).await {
                 Ok(_) => {
                     log_decision(saga_id, &view.state, &events);
+                    self.remember(saga_id, after);
                     return Ok(());
                 }
-                Err(StoreError::WrongExpectedVersion { .. }) => continue,
-                Err(e) => return Err(e.into()),
+                Err(StoreError::WrongExpectedVersion { .. }) => self.forget(saga_id),
+                Err(e) => {
+                    self.forget(saga_id);
+                    return Err(e.into());
+                }
             }
         }
         Err(Error::Contention { stream: saga_stream(saga_id), attempts: MAX_CONFLICT_RETRIES })
@@ -236,7 +286,7 @@ impl Coordinator {
     }
 
     /// One decision as one transaction: the saga's new events, the commands they send,
-    /// the saga's next timer, and the reply that caused it.
+    /// the saga's next timer, and the reply that caused it; with the state it leaves.
     fn decision_commit(
         &self,
         saga_id: Uuid,
@@ -245,7 +295,7 @@ impl Coordinator {
         events: &[SagaEvent],
         reply_id: Option<&str>,
         mut commit: Commit,
-    ) -> Result<Commit> {
+    ) -> Result<(Commit, SagaView)> {
         let mut working = state.clone();
         let mut stored = Vec::with_capacity(events.len());
         let metadata = json!({ "correlation_id": saga_id, "causation_id": reply_id });
@@ -269,6 +319,7 @@ impl Coordinator {
             }
             stored.push(encode(event)?.with_metadata(metadata.clone()));
         }
+        let stored_count = stored.len() as u64;
         if !stored.is_empty() {
             commit.appends.push(StreamAppend {
                 stream_id: saga_stream(saga_id),
@@ -283,7 +334,8 @@ impl Coordinator {
         if let Some(reply_id) = reply_id {
             commit = commit.processing(CONSUMER_NAME, reply_id);
         }
-        Ok(commit)
+        let version = version + stored_count;
+        Ok((commit, SagaView { state: working, version }))
     }
 }
 

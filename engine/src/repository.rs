@@ -1,13 +1,15 @@
 //! Loading aggregates (snapshot + tail), running commands with optimistic retries, and replay.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use event_store::read::stream_events;
 use event_store::store::READ_PAGE;
 use event_store::{Commit, Error as StoreError, EventStore, ExpectedVersion, RecordedEvent, Snapshot, StreamAppend};
 use futures::TryStreamExt;
+use lru::LruCache;
 
 use crate::aggregate::{stream_id, Aggregate};
 use crate::codec::{decode, encode};
@@ -51,8 +53,12 @@ pub struct Repository<A> {
     store: Arc<dyn EventStore>,
     snapshot_every: Option<u64>,
     max_attempts: u32,
+    cache: Option<Arc<StateCache<A>>>,
     _aggregate: PhantomData<fn() -> A>,
 }
+
+/// Current states by aggregate id, as last folded.
+type StateCache<A> = Mutex<LruCache<String, Loaded<A>>>;
 
 impl<A> Clone for Repository<A> {
     fn clone(&self) -> Self {
@@ -60,6 +66,7 @@ impl<A> Clone for Repository<A> {
             store: Arc::clone(&self.store),
             snapshot_every: self.snapshot_every,
             max_attempts: self.max_attempts,
+            cache: self.cache.clone(),
             _aggregate: PhantomData,
         }
     }
@@ -68,7 +75,17 @@ impl<A> Clone for Repository<A> {
 impl<A: Aggregate> Repository<A> {
     /// A repository that retries a conflicting command up to 5 times and takes no snapshots.
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store, snapshot_every: None, max_attempts: 5, _aggregate: PhantomData }
+        Self { store, snapshot_every: None, max_attempts: 5, cache: None, _aggregate: PhantomData }
+    }
+
+    /// Keeps the current state of up to `capacity` aggregates in memory. A load then reads
+    /// only the events after the cached version (usually none or one), so loading a hot
+    /// aggregate costs one short read however long its history. Always read through: the
+    /// store stays the truth, and writers elsewhere are seen.
+    #[must_use]
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = NonZeroUsize::new(capacity).map(|c| Arc::new(Mutex::new(LruCache::new(c))));
+        self
     }
 
     /// Takes a snapshot whenever a save crosses a multiple of `every` events.
@@ -90,9 +107,26 @@ impl<A: Aggregate> Repository<A> {
         &self.store
     }
 
-    /// The current state: the latest snapshot plus the events after it.
+    /// The current state: the cached state, or the latest snapshot, plus the events after it.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
-        self.load_until(id, None).await
+        let Some(cache) = &self.cache else { return self.load_until(id, None).await };
+        let cached = cache.lock().unwrap_or_else(PoisonError::into_inner).get(id).cloned();
+        let loaded = match cached {
+            Some(cached) => {
+                let before = cached.version;
+                let loaded = self.fold(cached, |_| true).await?;
+                self.maybe_snapshot(&stream_id::<A>(id), before, &loaded).await;
+                loaded
+            }
+            None => {
+                let loaded = self.load_until(id, None).await?;
+                // A long history read cold: snapshot it, so the next cold start is short.
+                self.maybe_snapshot(&stream_id::<A>(id), 0, &loaded).await;
+                loaded
+            }
+        };
+        cache.lock().unwrap_or_else(PoisonError::into_inner).put(id.to_owned(), loaded.clone());
+        Ok(loaded)
     }
 
     /// The state as of `version` (clamped to the stream's length).

@@ -8,7 +8,7 @@ use event_store::EventStore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer_loop::{run_consumer, MessageHandler};
+use crate::consumer_loop::{run_consumer, MessageHandler, DEFAULT_MAX_IN_FLIGHT};
 use crate::coordinator::{Coordinator, ReplyHandler};
 use crate::error::Result;
 use crate::participant::{CommandHandler, ParticipantRuntime};
@@ -34,6 +34,9 @@ pub struct RuntimeConfig {
     /// How long published outbox rows and deduplication records are kept; `None` keeps
     /// everything.
     pub retention: Option<Retention>,
+    /// Messages each consumer handles at once (messages of one saga or aggregate key are
+    /// handled in order, one at a time).
+    pub max_in_flight: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -46,6 +49,7 @@ impl Default for RuntimeConfig {
             timer_poll: Duration::from_millis(100),
             relay_id: None,
             retention: Some(Retention::default()),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -75,7 +79,7 @@ impl Runtime {
             let group = format!("{}coordinator", config.group_prefix);
             let consumer = transport.subscribe(&group, &[topics.replies()]).await?;
             let handler: Arc<dyn MessageHandler> = Arc::new(ReplyHandler(Arc::clone(&coordinator)));
-            tasks.push(tokio::spawn(run_consumer(group, consumer, handler, cancel.clone())));
+            tasks.push(tokio::spawn(run_consumer(group, consumer, handler, config.max_in_flight, cancel.clone())));
             tasks.push(tokio::spawn(run_timeouts(
                 Arc::clone(&coordinator),
                 Arc::clone(&store),
@@ -88,7 +92,7 @@ impl Runtime {
             let consumer = transport.subscribe(&group, &[topics.commands(&name)]).await?;
             let runtime: Arc<dyn MessageHandler> =
                 Arc::new(ParticipantRuntime::new(name, Arc::clone(&store), topics.clone(), handler));
-            tasks.push(tokio::spawn(run_consumer(group, consumer, runtime, cancel.clone())));
+            tasks.push(tokio::spawn(run_consumer(group, consumer, runtime, config.max_in_flight, cancel.clone())));
         }
         if config.relay {
             let mut relay = OutboxRelay::new(Arc::clone(&store), Arc::clone(&transport))

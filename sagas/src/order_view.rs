@@ -88,6 +88,15 @@ impl OrderService {
         Ok(SubmittedOrder { order_id: saga_id.to_string(), saga_id })
     }
 
+    /// The streams an order's view is built from (saga and Order), for waiting on changes.
+    pub fn streams_of(order_id: &str) -> Vec<String> {
+        let mut streams = vec![engine::aggregate::stream_id::<Order>(order_id)];
+        if let Ok(saga_id) = Uuid::parse_str(order_id) {
+            streams.push(engine::coordinator::saga_stream(saga_id));
+        }
+        streams
+    }
+
     /// The order's view, or `None` when no such order was submitted.
     pub async fn view(&self, order_id: &str) -> Result<Option<OrderView>> {
         let Ok(saga_id) = Uuid::parse_str(order_id) else { return Ok(None) };

@@ -32,6 +32,15 @@ fn order_input(command: &Envelope) -> Result<OrderInput> {
     }
 }
 
+/// Aggregates whose current state each participant keeps in memory.
+const CACHED_AGGREGATES: usize = 10_000;
+/// A snapshot every this many events, for cold starts of long histories.
+const SNAPSHOT_EVERY: u64 = 500;
+
+fn repository<A: engine::Aggregate>(store: Arc<dyn EventStore>) -> Repository<A> {
+    Repository::new(store).with_cache(CACHED_AGGREGATES).with_snapshots_every(SNAPSHOT_EVERY)
+}
+
 fn unknown(participant: &str, command: &Envelope) -> Error {
     Error::Invalid(format!("participant '{participant}' does not handle '{}'", command.message_type))
 }
@@ -43,7 +52,7 @@ pub struct InventoryParticipant {
 
 impl InventoryParticipant {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { repo: Repository::new(store) }
+        Self { repo: repository(store) }
     }
 }
 
@@ -90,7 +99,7 @@ pub struct OrdersParticipant {
 
 impl OrdersParticipant {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { repo: Repository::new(store) }
+        Self { repo: repository(store) }
     }
 }
 
@@ -127,7 +136,7 @@ pub struct PaymentsParticipant {
 
 impl PaymentsParticipant {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { repo: Repository::new(store) }
+        Self { repo: repository(store) }
     }
 }
 

@@ -100,6 +100,7 @@ impl OrderHarness {
             timer_poll: Duration::from_millis(50),
             relay_id: None,
             retention: None,
+            ..RuntimeConfig::default()
         };
         Runtime::start(Arc::clone(&self.store), Arc::clone(&self.transport), Arc::clone(&self.coordinator), config)
             .await

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use event_store::{Commit, ExpectedVersion, NewEvent};
 use sagas::order_input::NewOrder;
-use sagas::order_view::{OrderView, OrderViewStatus};
+use sagas::order_view::{OrderService, OrderView, OrderViewStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -126,7 +126,7 @@ pub async fn get_order(
     AppQuery(query): AppQuery<WaitQuery>,
 ) -> ApiResult<Json<OrderView>> {
     let wait = query.duration()?;
-    let view = until_terminal(state.store.as_ref(), wait, || async {
+    let view = until_terminal(state.store.as_ref(), &OrderService::streams_of(&id), wait, || async {
         let view = state.orders.view(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no order '{id}'")))?;
         let terminal = view.status.is_terminal();
         Ok((view, terminal))

@@ -121,7 +121,8 @@ pub async fn get_saga(
 ) -> ApiResult<Json<SagaResponse>> {
     let wait = query.duration()?;
     let saga_id = parse_id(&id)?;
-    let view = until_terminal(state.store.as_ref(), wait, || async {
+    let streams = [engine::coordinator::saga_stream(saga_id)];
+    let view = until_terminal(state.store.as_ref(), &streams, wait, || async {
         let view =
             state.coordinator.load(saga_id).await?.ok_or_else(|| ApiError::NotFound(format!("no saga '{id}'")))?;
         let terminal = view.state.status.is_terminal();

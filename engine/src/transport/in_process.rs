@@ -182,9 +182,18 @@ impl Consumer for InProcessConsumer {
     }
 
     async fn commit(&mut self, delivery: &Delivery) -> Result<()> {
-        if let Some(ack) = self.pending.remove(&(delivery.topic.clone(), delivery.offset)) {
-            // The publisher may have given up waiting; that is fine.
-            let _ = ack.send(());
+        // Everything up to this offset of the topic (one partition here) is processed.
+        let done: Vec<(String, i64)> = self
+            .pending
+            .keys()
+            .filter(|(topic, offset)| *topic == delivery.topic && *offset <= delivery.offset)
+            .cloned()
+            .collect();
+        for key in done {
+            if let Some(ack) = self.pending.remove(&key) {
+                // The publisher may have given up waiting; that is fine.
+                let _ = ack.send(());
+            }
         }
         Ok(())
     }
