@@ -2,11 +2,12 @@
 //! on commits to the resource's own streams only, rather than polling or waking on every
 //! commit.
 
-use std::future::Future;
 use std::time::Duration;
 
-use event_store::{EventStore, StreamWatch};
+use engine::coordinator::{saga_stream, Coordinator, SagaView};
+use event_store::EventStore;
 use serde::Deserialize;
+use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 
@@ -33,33 +34,28 @@ impl WaitQuery {
     }
 }
 
-/// A re-read this often even without a commit signal: a backstop for a lost notice.
+/// A re-check this often even without a commit signal: a backstop for a lost notice.
 const BACKSTOP: Duration = Duration::from_secs(2);
 
-/// Calls `read` until it reports a terminal value or `wait` passes, re-reading after each
-/// commit to one of `streams`; returns the last value.
-pub async fn until_terminal<T, F, Fut>(
+/// Follows saga `saga_id` from `view` until it is terminal or `wait` passes, reading only
+/// its new events after each commit to its stream. Orders are terminal when their saga is.
+pub async fn until_saga_terminal(
     store: &dyn EventStore,
-    streams: &[String],
+    coordinator: &Coordinator,
+    saga_id: Uuid,
+    view: &mut SagaView,
     wait: Duration,
-    mut read: F,
-) -> ApiResult<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ApiResult<(T, bool)>>,
-{
+) -> ApiResult<()> {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut watches: Vec<StreamWatch> =
-        if wait.is_zero() { Vec::new() } else { streams.iter().map(|s| store.stream_changes(s)).collect() };
+    let mut changes = store.stream_changes(&saga_stream(saga_id));
     loop {
-        watches.iter_mut().for_each(StreamWatch::mark_seen);
-        let (value, terminal) = read().await?;
-        if terminal || tokio::time::Instant::now() >= deadline {
-            return Ok(value);
+        changes.mark_seen();
+        coordinator.refresh(saga_id, view).await?;
+        if view.state.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(());
         }
-        let any_change = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
         tokio::select! {
-            _ = any_change => {}
+            () = changes.changed() => {}
             () = tokio::time::sleep(BACKSTOP) => {}
             () = tokio::time::sleep_until(deadline) => {}
         }

@@ -37,7 +37,7 @@ pub fn saga_stream(id: Uuid) -> String {
 }
 
 /// A saga as folded from its stream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SagaView {
     pub state: SagaState,
     /// The stream version the state was folded to.
@@ -154,6 +154,18 @@ impl Coordinator {
             view.version = event.version;
         }
         Ok(exists.then_some(view))
+    }
+
+    /// Folds into `view` the saga's events after `view.version`: one short read when little
+    /// happened, for callers that follow a saga (long polls).
+    pub async fn refresh(&self, saga_id: Uuid, view: &mut SagaView) -> Result<()> {
+        let stream = saga_stream(saga_id);
+        let mut events = stream_events(self.store.as_ref(), &stream, view.version + 1, READ_PAGE);
+        while let Some(event) = events.try_next().await? {
+            view.state.apply(&decode::<SagaEvent>(&event)?);
+            view.version = event.version;
+        }
+        Ok(())
     }
 
     /// Lists saga ids in id order (time order, for ids the engine made), after `after`.

@@ -52,6 +52,7 @@ impl<A: Aggregate> Decided<A> {
 pub struct Repository<A> {
     store: Arc<dyn EventStore>,
     snapshot_every: Option<u64>,
+    read_snapshots: bool,
     max_attempts: u32,
     cache: Option<Arc<StateCache<A>>>,
     _aggregate: PhantomData<fn() -> A>,
@@ -65,6 +66,7 @@ impl<A> Clone for Repository<A> {
         Self {
             store: Arc::clone(&self.store),
             snapshot_every: self.snapshot_every,
+            read_snapshots: self.read_snapshots,
             max_attempts: self.max_attempts,
             cache: self.cache.clone(),
             _aggregate: PhantomData,
@@ -75,7 +77,23 @@ impl<A> Clone for Repository<A> {
 impl<A: Aggregate> Repository<A> {
     /// A repository that retries a conflicting command up to 5 times and takes no snapshots.
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store, snapshot_every: None, max_attempts: 5, cache: None, _aggregate: PhantomData }
+        Self {
+            store,
+            snapshot_every: None,
+            read_snapshots: true,
+            max_attempts: 5,
+            cache: None,
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// Neither takes nor looks for snapshots: for short-lived aggregates (an order has a
+    /// handful of events), where the lookup would cost more than the events.
+    #[must_use]
+    pub fn without_snapshots(mut self) -> Self {
+        self.snapshot_every = None;
+        self.read_snapshots = false;
+        self
     }
 
     /// Keeps the current state of up to `capacity` aggregates in memory. A load then reads
@@ -143,7 +161,8 @@ impl<A: Aggregate> Repository<A> {
     async fn load_until(&self, id: &str, until: Option<u64>) -> Result<Loaded<A>> {
         let stream = stream_id::<A>(id);
         let mut loaded = Loaded { id: id.to_owned(), state: A::default(), version: 0 };
-        if let Some(snapshot) = self.store.load_snapshot(&stream, until).await? {
+        let snapshot = if self.read_snapshots { self.store.load_snapshot(&stream, until).await? } else { None };
+        if let Some(snapshot) = snapshot {
             match serde_json::from_value::<A>(snapshot.state) {
                 Ok(state) => {
                     loaded.state = state;

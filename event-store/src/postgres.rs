@@ -1,8 +1,8 @@
 //! PostgreSQL backend.
 //!
 //! A commit is one call of the `sagaflow_commit` SQL function: one round trip whatever its
-//! size. Per-stream concurrency: the function locks the stream's row (`FOR UPDATE`) and
-//! compares versions; a unique `(stream_id, version)` constraint backs that up. Global
+//! size. Per-stream concurrency: the function takes a transaction-scoped advisory lock on
+//! the stream and compares versions; a unique `(stream_id, version)` constraint backs that up. Global
 //! order without a global lock: each event records its transaction id (xid8), and `$all`
 //! readers see only events of transactions older than every running one, in (transaction,
 //! position) order, so writers commit in parallel and no reader skips an event that
@@ -354,9 +354,9 @@ impl EventStore for PgEventStore {
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>> {
-        let version: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+        let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM events WHERE stream_id = $1")
             .bind(stream_id)
-            .fetch_optional(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
         Ok(version.map(u64_of).filter(|v| *v > 0))
     }
@@ -378,7 +378,7 @@ impl EventStore for PgEventStore {
 
     async fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT stream_id FROM streams WHERE starts_with(stream_id, $1) AND version > 0
+            "SELECT stream_id FROM streams WHERE starts_with(stream_id, $1)
                AND ($2::text IS NULL OR stream_id > $2) ORDER BY stream_id LIMIT $3",
         )
         .bind(prefix)

@@ -66,7 +66,7 @@ pub struct OrderService {
 
 impl OrderService {
     pub fn new(coordinator: Arc<Coordinator>, store: Arc<dyn EventStore>) -> Self {
-        Self { coordinator, orders: Repository::new(store) }
+        Self { coordinator, orders: Repository::new(store).without_snapshots() }
     }
 
     /// Starts the order-fulfilment saga for a valid order. The order's id is its saga's id.
@@ -86,15 +86,6 @@ impl OrderService {
         let input = serde_json::to_value(input).map_err(Error::Encode)?;
         self.coordinator.start_with(&definition, input, saga_id, extra).await?;
         Ok(SubmittedOrder { order_id: saga_id.to_string(), saga_id })
-    }
-
-    /// The streams an order's view is built from (saga and Order), for waiting on changes.
-    pub fn streams_of(order_id: &str) -> Vec<String> {
-        let mut streams = vec![engine::aggregate::stream_id::<Order>(order_id)];
-        if let Ok(saga_id) = Uuid::parse_str(order_id) {
-            streams.push(engine::coordinator::saga_stream(saga_id));
-        }
-        streams
     }
 
     /// The order's view, or `None` when no such order was submitted.

@@ -99,7 +99,7 @@ pub struct OrdersParticipant {
 
 impl OrdersParticipant {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { repo: repository(store) }
+        Self { repo: Repository::new(store).with_cache(CACHED_AGGREGATES).without_snapshots() }
     }
 }
 

@@ -1,332 +1,261 @@
-//! `cargo run --release -p sagaflow-tests --bin bench` prints Sagaflow's figures:
-//! event-store append rates and latencies (PostgreSQL, SQLite), and end-to-end order sagas
-//! per second with their latency, embedded and over PostgreSQL + Kafka. Needs
-//! `DATABASE_URL` and `KAFKA_BOOTSTRAP_SERVERS` for the PostgreSQL/Kafka figures
-//! (`eval "$(scripts/services.sh)"`); without them only the embedded figures are printed.
-//! `bench retention` prints only the retention figures (batched deletes on millions of rows).
+//! `cargo run --release -p sagaflow-tests --bin bench [section …]` prints Sagaflow's figures,
+//! each beside the limit of this machine measured in the same run, and the ratios:
+//! - `appends`: event-store appends and reads at 1, 4, 16 and 64 writers, ours against the
+//!   raw limit (plain INSERTs/SELECTs over sqlx) and the peer postgres-es;
+//! - `replay`: loading a 100,000-event aggregate, with and without a snapshot;
+//! - `broker`: the Kafka-protocol broker alone (rdkafka, no engine);
+//! - `sagas`: order sagas over HTTP against the real binary, PostgreSQL + Kafka and
+//!   embedded: one saga alone, then rising fixed rates until p99 POST → terminal ≥ 250 ms;
+//! - `retention`: batched deletes on millions of rows.
+//!
+//! No section named: all of them. Needs `DATABASE_URL` and `KAFKA_BOOTSTRAP_SERVERS`
+//! (`eval "$(scripts/services.sh)"`). `BENCH_SECONDS` (default 3) is the time of each
+//! append workload, `BENCH_HTTP_SECONDS` (default 60) of each offered rate, and
+//! `BENCH_RATES` the rates offered (default 100,200,400,700,1000,1400); `BENCH_KEEP_DB` keeps
+//! the bench databases for a look afterwards.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
+mod appends;
+mod broker;
+mod cpu;
+mod http_load;
+mod replay;
+mod retention;
+mod stats;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::server::{self, EngineOptions, Roles};
-use engine::coordinator::saga_stream;
-use engine::topics::Topics;
-use engine::transport::in_process::InProcessTransport;
-use engine::transport::Transport;
-use event_store::postgres::PgEventStore;
-use event_store::sqlite::SqliteEventStore;
-use event_store::{EventStore, EventStoreExt, ExpectedVersion, NewEvent};
-use rust_decimal::Decimal;
-use sagas::order_input::{NewOrder, OrderLine};
-use sagas::order_view::OrderViewStatus;
-use serde_json::json;
+use event_store::postgres::{PgEventStore, MIGRATOR};
+use event_store::EventStore;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
+use crate::stats::{thousands, Figure};
+
+/// The consumers' `fetch.wait.max.ms`, as the engine sets it.
+pub const FETCH_WAIT_MAX_MS: &str = "5";
+/// A rate is sustained while p99 POST → terminal stays under this.
+pub const P99_BOUND_MS: f64 = 250.0;
+const WRITERS: [usize; 4] = [1, 4, 16, 64];
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn report(name: &str, count: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> f64 {
-    latencies.sort();
-    println!(
-        "{name:<44} {count:>6} in {:>7.2} s = {:>8.0}/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
-        elapsed.as_secs_f64(),
-        count as f64 / elapsed.as_secs_f64(),
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-    );
-    count as f64 / elapsed.as_secs_f64()
-}
-
-/// Runs `writers` tasks that each call `one(writer, i)` `per_writer` times; reports and
-/// returns the rate.
-async fn run_writers<F, Fut>(label: &str, writers: usize, per_writer: usize, one: F) -> f64
-where
-    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let one = Arc::new(one);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let one = Arc::clone(&one);
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(per_writer);
-                for i in 0..per_writer {
-                    let begun = Instant::now();
-                    one(w, i).await;
-                    latencies.push(begun.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await.unwrap());
-    }
-    report(label, writers * per_writer, start.elapsed(), latencies)
-}
-
-async fn appends(name: &str, store: Arc<dyn EventStore>, writers: usize, per_writer: usize) -> f64 {
-    let stream_prefix = format!("bench-{name}-{writers}");
-    run_writers(&format!("append, {name}, {writers} writer(s)"), writers, per_writer, move |w, i| {
-        let (store, stream) = (Arc::clone(&store), format!("{stream_prefix}-{w}-{i}"));
-        async move {
-            let event = NewEvent::new("Benchmarked", json!({ "writer": w, "i": i }));
-            store.append(&stream, ExpectedVersion::NoStream, vec![event]).await.unwrap();
-        }
-    })
-    .await
-}
-
-/// The raw limit of a single-event append: one plain INSERT (its own transaction) into a
-/// table shaped like `events`, over sqlx, with no engine code.
-async fn raw_appends(pool: sqlx::PgPool, writers: usize, per_writer: usize) -> f64 {
-    run_writers(&format!("append, raw INSERT, {writers} writer(s)"), writers, per_writer, move |w, i| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query(
-                "INSERT INTO raw_events (event_id, stream_id, version, event_type, data)
-                 VALUES ($1, $2, 1, 'Benchmarked', $3) RETURNING global_position",
-            )
-            .bind(uuid::Uuid::now_v7())
-            .bind(format!("raw-{writers}-{w}-{i}"))
-            .bind(json!({ "writer": w, "i": i }))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        }
-    })
-    .await
-}
-
-async fn orders(name: &str, store: Arc<dyn EventStore>, transport: Arc<dyn Transport>, count: usize) {
-    let prefix = format!("bench{}", uuid::Uuid::now_v7().simple());
-    let engine = server::start(
-        Arc::clone(&store),
-        transport,
-        Topics::new(prefix.clone()),
-        Roles::ALL,
-        EngineOptions::new(format!("{prefix}.")),
-    )
-    .await
-    .unwrap();
-    let state = engine.state.clone();
-    let repo = engine::Repository::<sagas::inventory::Inventory>::new(Arc::clone(&store));
-    repo.execute("B", &sagas::inventory::InventoryCommand::SetStock { available: 1_000_000 }).await.unwrap();
-    let credit = engine::Repository::<sagas::credit::CustomerCredit>::new(Arc::clone(&store));
-    credit
-        .execute("bench", &sagas::credit::CreditCommand::SetLimit { limit: Decimal::from(1_000_000_000) })
-        .await
-        .unwrap();
-    let start = Instant::now();
-    let mut ids = Vec::with_capacity(count);
-    for _ in 0..count {
-        let order = NewOrder {
-            customer_id: "bench".into(),
-            items: vec![OrderLine { sku: "B".into(), quantity: 1, unit_price: Decimal::new(199, 2) }],
-        };
-        ids.push(state.orders.submit(order).await.unwrap());
-    }
-    let mut latencies = Vec::with_capacity(count);
-    for submitted in &ids {
-        loop {
-            let view = state.orders.view(&submitted.order_id).await.unwrap().unwrap();
-            if view.status.is_terminal() {
-                assert_eq!(view.status, OrderViewStatus::Approved);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let events = store.read_stream_to_end(&saga_stream(submitted.saga_id), 1).await.unwrap();
-        let (first, last) = (events.first().unwrap(), events.last().unwrap());
-        latencies.push((last.recorded_at - first.recorded_at).to_std().unwrap_or_default());
-    }
-    report(&format!("order sagas, burst of {count}, {name}"), count, start.elapsed(), latencies);
-
-    // One order at a time: the latency of a saga on an idle engine.
-    let start = Instant::now();
-    let mut latencies = Vec::new();
-    for _ in 0..20 {
-        let begun = Instant::now();
-        let order = NewOrder {
-            customer_id: "bench".into(),
-            items: vec![OrderLine { sku: "B".into(), quantity: 1, unit_price: Decimal::new(199, 2) }],
-        };
-        let submitted = state.orders.submit(order).await.unwrap();
-        while !state.orders.view(&submitted.order_id).await.unwrap().unwrap().status.is_terminal() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        latencies.push(begun.elapsed());
-    }
-    report(&format!("order saga, one at a time, {name}"), 20, start.elapsed(), latencies);
-    engine.runtime.shutdown().await;
-}
-
-async fn fresh_postgres(url: &str) -> Option<(Arc<dyn EventStore>, String)> {
-    let mut admin = PgConnection::connect(url).await.ok()?;
-    let db = format!("sagaflow_bench_{}", uuid::Uuid::now_v7().simple());
-    admin.execute(format!("CREATE DATABASE {db}").as_str()).await.ok()?;
-    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
-    let store = PgEventStore::connect(&format!("{base}/{db}")).await.ok()?;
-    Some((Arc::new(store), db))
-}
-
-/// Runs `work` while one writer keeps appending single events to `store`; returns what
-/// `work` returned and the writer's latencies, sorted.
-async fn with_writer<T>(store: &Arc<dyn EventStore>, work: impl std::future::Future<Output = T>) -> (T, Vec<Duration>) {
-    let stop = tokio_util::sync::CancellationToken::new();
-    let writer = {
-        let (store, stop) = (Arc::clone(store), stop.clone());
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while !stop.is_cancelled() {
-                let begun = Instant::now();
-                let event = NewEvent::new("Benchmarked", json!({ "i": latencies.len() }));
-                let stream = format!("retention-writer-{}", uuid::Uuid::now_v7());
-                store.append(&stream, ExpectedVersion::NoStream, vec![event]).await.unwrap();
-                latencies.push(begun.elapsed());
-            }
-            latencies
-        })
-    };
-    let out = work.await;
-    stop.cancel();
-    let mut latencies = writer.await.unwrap();
-    latencies.sort();
-    (out, latencies)
-}
-
-fn writer_figures(latencies: &[Duration]) -> String {
-    format!(
-        "writer p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    )
-}
-
-/// Retention on tables of millions of rows: `rows` published outbox rows (200-byte payloads)
-/// and `rows` processed-message records, all past retention, deleted by the engine (batches
-/// of 5,000) and, after a refill, by the raw limit (one plain DELETE per table), each while a
-/// writer keeps appending. Prints rows/s, the ratio ours/raw and the writer's latency.
-async fn retention(url: &str, rows: i64) {
-    let (store, db) = fresh_postgres(url).await.expect("a bench database on DATABASE_URL");
-    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
-    let mut conn = PgConnection::connect(&format!("{base}/{db}")).await.unwrap();
-    let fill = format!(
-        "INSERT INTO outbox (topic, msg_key, payload, published_at, created_at)
-         SELECT 'bench', g::text, convert_to(repeat('x', 200), 'UTF8'), now() - interval '2 days', now() - interval '2 days'
-         FROM generate_series(1, {rows}) g;
-         INSERT INTO processed_messages (consumer, message_id, processed_at)
-         SELECT 'bench', g::text, now() - interval '9 days' FROM generate_series(1, {rows}) g;
-         ANALYZE outbox; ANALYZE processed_messages;"
-    );
-    let (_, alone) = with_writer(&store, tokio::time::sleep(Duration::from_secs(3))).await;
-    println!("retention: {rows} outbox rows + {rows} processed records; writer alone: {}", writer_figures(&alone));
-
-    conn.execute(fill.as_str()).await.unwrap();
-    let policy = engine::retention::Retention::default();
-    let never = tokio_util::sync::CancellationToken::new();
-    let started = Instant::now();
-    let (pruned, ours) = with_writer(&store, engine::retention::prune(store.as_ref(), &policy, &never)).await;
-    let ours_took = started.elapsed();
-    let pruned = pruned.unwrap();
-    let deleted = (pruned.outbox + pruned.processed) as f64;
-
-    conn.execute(fill.as_str()).await.unwrap();
-    let raw = async {
-        conn.execute(
-            "DELETE FROM outbox WHERE published_at < now() - interval '1 day';
-             DELETE FROM processed_messages WHERE processed_at < now() - interval '8 days';",
-        )
-        .await
-        .unwrap()
-    };
-    let started = Instant::now();
-    let (_, raw_latencies) = with_writer(&store, raw).await;
-    let raw_took = started.elapsed();
-    println!(
-        "retention, ours (batches of {}): {deleted:.0} rows in {:.1} s = {:.0} rows/s; {}",
-        policy.batch,
-        ours_took.as_secs_f64(),
-        deleted / ours_took.as_secs_f64(),
-        writer_figures(&ours)
-    );
-    println!(
-        "retention, raw (one DELETE per table): {:.0} rows in {:.1} s = {:.0} rows/s; {}",
-        2.0 * rows as f64,
-        raw_took.as_secs_f64(),
-        2.0 * rows as f64 / raw_took.as_secs_f64(),
-        writer_figures(&raw_latencies)
-    );
-    println!(
-        "retention: ours/raw throughput {:.2}",
-        (deleted / ours_took.as_secs_f64()) / (2.0 * rows as f64 / raw_took.as_secs_f64())
-    );
-    drop(conn);
-    drop(store);
-    if let Ok(mut admin) = PgConnection::connect(url).await {
-        let _ = admin.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()).await;
-    }
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Peak resident memory of a process, from `/proc/<pid>/status`.
+pub fn peak_rss_mib_of(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-#[tokio::main]
-async fn main() {
-    println!("sagaflow bench ({} build)", if cfg!(debug_assertions) { "debug" } else { "release" });
-    if std::env::args().nth(1).as_deref() == Some("retention") {
-        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL for the retention figures");
-        retention(&url, 2_000_000).await;
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(dir.path()).await.unwrap());
-    appends("sqlite", Arc::clone(&sqlite), 1, 1000).await;
-    appends("sqlite", Arc::clone(&sqlite), 8, 250).await;
-    orders("embedded (sqlite, in-process)", sqlite, Arc::new(InProcessTransport::new()), 500).await;
+/// A new database on the server of `url`, migrated; the store, its name and its URL.
+pub async fn fresh_postgres(url: &str) -> Option<(Arc<dyn EventStore>, String, String)> {
+    let mut admin = PgConnection::connect(url).await.ok()?;
+    let db = format!("sagaflow_bench_{}", uuid::Uuid::now_v7().simple());
+    admin.execute(format!("CREATE DATABASE {db}").as_str()).await.ok()?;
+    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
+    let db_url = format!("{base}/{db}");
+    // As many connections as the most writers, like the raw limit and the peer get.
+    let pool = PgPoolOptions::new().max_connections(64).connect(&db_url).await.ok()?;
+    MIGRATOR.run(&pool).await.ok()?;
+    let store = PgEventStore::from_pool(pool).await.ok()?;
+    Some((Arc::new(store), db, db_url))
+}
 
-    let (Ok(url), Ok(_)) = (std::env::var("DATABASE_URL"), std::env::var("KAFKA_BOOTSTRAP_SERVERS")) else {
-        println!("DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS not set: PostgreSQL and Kafka figures skipped");
-        println!("peak RSS {:.1} MiB", peak_rss_mib());
+async fn drop_database(url: &str, db: &str) {
+    if std::env::var_os("BENCH_KEEP_DB").is_some() {
+        println!("(kept database {db})");
         return;
-    };
-    let (pg, db) = fresh_postgres(&url).await.expect("a bench database on DATABASE_URL");
-    let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
-    let raw_pool = sqlx::PgPool::connect(&format!("{base}/{db}")).await.unwrap();
-    raw_pool
-        .execute(
-            "CREATE TABLE raw_events (global_position BIGSERIAL PRIMARY KEY, event_id UUID NOT NULL UNIQUE,
-               stream_id TEXT NOT NULL, version BIGINT NOT NULL, event_type TEXT NOT NULL, data JSONB NOT NULL,
-               metadata JSONB NOT NULL DEFAULT '{}', recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
-               UNIQUE (stream_id, version))",
-        )
-        .await
-        .unwrap();
-    for (writers, per_writer) in [(1, 1000), (8, 250)] {
-        let raw = raw_appends(raw_pool.clone(), writers, per_writer).await;
-        let ours = appends("postgres", Arc::clone(&pg), writers, per_writer).await;
-        println!("append, {writers} writer(s): ours/raw {:.2}", ours / raw);
     }
-    raw_pool.close().await;
-    orders("postgres + kafka", pg, sagaflow_tests::kafka_transport(), 500).await;
-    println!("peak RSS {:.1} MiB", peak_rss_mib());
-    retention(&url, 2_000_000).await;
-    if let Ok(mut admin) = PgConnection::connect(&url).await {
+    if let Ok(mut admin) = PgConnection::connect(url).await {
         let _ = admin.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()).await;
     }
+}
+
+/// Builds a binary with cargo (release) and returns its path.
+fn build(args: &[&str], binary: PathBuf) -> Option<PathBuf> {
+    let status = std::process::Command::new(env!("CARGO")).args(["build", "--release", "--quiet"]).args(args).status();
+    (status.is_ok_and(|s| s.success()) && binary.exists()).then_some(binary)
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn ratio(ours: &Figure, other: Option<&Figure>) -> String {
+    other.filter(|o| o.per_s > 0.0).map_or_else(|| "    -".to_owned(), |o| format!("{:>5.2}", ours.per_s / o.per_s))
+}
+
+async fn appends_section(url: &str, seconds: u64) {
+    let (store, db, db_url) = fresh_postgres(url).await.expect("a bench database on DATABASE_URL");
+    let pool = PgPoolOptions::new().max_connections(64).connect(&db_url).await.unwrap();
+    let peer = build(
+        &["--manifest-path", "tests/peer-postgres-es/Cargo.toml", "--target-dir", "target/peer"],
+        workspace().join("target/peer/release/peer-postgres-es"),
+    );
+    if peer.is_none() {
+        println!("(the peer postgres-es could not be built: its column is empty)");
+    }
+    let duration = Duration::from_secs(seconds);
+    println!("\nEvent store on PostgreSQL: events/s, p50 and p99 ms per call ({seconds} s per cell)");
+    println!(
+        "{:<16} {:>7} | {:^25} | {:^25} | {:^25} | ours/raw ours/peer",
+        "workload", "writers", "ours", "raw limit (sqlx)", "postgres-es"
+    );
+    let mut rows = Vec::new();
+    for writers in WRITERS {
+        let peer_figures = peer.as_deref().map(|p| appends::peer(p, url, writers, duration)).unwrap_or_default();
+        for workload in appends::WORKLOADS {
+            let raw = appends::raw(pool.clone(), workload, writers, duration).await;
+            let ours = appends::ours(Arc::clone(&store), workload, writers, duration).await;
+            let peer = peer_figures.get(workload);
+            println!(
+                "{workload:<16} {writers:>7} | {} | {} | {} | {}    {}",
+                ours.cell(),
+                raw.cell(),
+                peer.map_or_else(|| format!("{:^25}", "-"), Figure::cell),
+                ratio(&ours, Some(&raw)),
+                ratio(&ours, peer)
+            );
+            rows.push((workload, writers, ours.per_s / raw.per_s.max(1e-9)));
+        }
+    }
+    let worst = rows.iter().map(|r| r.2).fold(f64::MAX, f64::min);
+    println!("lowest ours/raw: {worst:.2}");
+    pool.close().await;
+    drop(store);
+    drop_database(url, &db).await;
+}
+
+async fn replay_section(url: &str) {
+    let (store, db, db_url) = fresh_postgres(url).await.expect("a bench database on DATABASE_URL");
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db_url).await.unwrap();
+    let figures = replay::replay(store, pool.clone(), 100_000).await;
+    println!(
+        "\nReplay of a {}-event aggregate: {:.1} ms full, {:.2} ms from a snapshot; raw SELECT + JSON decode {:.1} ms (ours/raw time {:.2})",
+        thousands(figures.events as f64),
+        figures.full_ms,
+        figures.snapshot_ms,
+        figures.raw_ms,
+        figures.full_ms / figures.raw_ms.max(1e-9)
+    );
+    pool.close().await;
+    drop_database(url, &db).await;
+}
+
+async fn broker_section(bootstrap: &str) -> f64 {
+    let mut cpu = cpu::CpuMeter::new(None);
+    let figures = broker::raw_limit(bootstrap, 40_000, 600, &mut cpu).await;
+    println!(
+        "\nBroker alone (rdkafka, 600-byte messages, 6 partitions): {} msgs/s produced and consumed ({} order sagas/s at 8 messages each); cpu: {}",
+        thousands(figures.throughput.per_s),
+        thousands(figures.throughput.per_s / 8.0),
+        figures.cpu
+    );
+    println!(
+        "Broker hop, one message at a time (produce → consumed): p50 {:.1} ms, p99 {:.1} ms",
+        figures.hop.p50_ms(),
+        figures.hop.p99_ms()
+    );
+    figures.throughput.per_s / 8.0
+}
+
+async fn alone(engine: &http_load::Engine, label: &str) {
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for i in 0..50 {
+        let begun = Instant::now();
+        let order = serde_json::json!({
+            "customer_id": format!("c-{}", i % 50),
+            "items": [{ "sku": format!("SKU-{}", i % 50), "quantity": 1, "unit_price": "1.99" }],
+        });
+        let submitted: serde_json::Value =
+            client.post(format!("{}/orders", engine.base)).json(&order).send().await.unwrap().json().await.unwrap();
+        let id = submitted["order_id"].as_str().unwrap().to_owned();
+        let view: serde_json::Value =
+            client.get(format!("{}/orders/{id}?wait=30", engine.base)).send().await.unwrap().json().await.unwrap();
+        assert_eq!(view["status"], "APPROVED");
+        latencies.push(begun.elapsed());
+        // An idle engine between sagas.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let figure = Figure::rate(50, started.elapsed(), latencies);
+    println!("{label}: one saga alone, POST → APPROVED: p50 {:.1} ms, p99 {:.1} ms", figure.p50_ms(), figure.p99_ms());
+}
+
+async fn sagas_section(url: &str, bootstrap: &str, broker_bound: Option<f64>) {
+    let binary = build(&["-p", "sagaflow-api", "--bin", "sagaflow"], workspace().join("target/release/sagaflow"))
+        .expect("the sagaflow binary builds");
+    let seconds = env_u64("BENCH_HTTP_SECONDS", 60);
+    let rates: Vec<u32> = std::env::var("BENCH_RATES")
+        .unwrap_or_else(|_| "100,200,400,700,1000,1400".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    let logs = workspace().join("target/tmp/bench");
+    std::fs::create_dir_all(&logs).unwrap();
+    println!("\nOrder sagas over HTTP (POST /orders, then GET ?wait=30 to the end; {seconds} s per rate, p99 bound {P99_BOUND_MS} ms)");
+    if let Some(bound) = broker_bound {
+        println!("(the broker alone bounds PostgreSQL + Kafka at about {}/s)", thousands(bound));
+    }
+    let (_, db, db_url) = fresh_postgres(url).await.expect("a bench database on DATABASE_URL");
+    let data = tempfile::tempdir().unwrap();
+    let backends = [
+        (
+            "PostgreSQL + Kafka",
+            http_load::Backend::PostgresKafka { database_url: db_url, bootstrap: bootstrap.to_owned() },
+        ),
+        ("embedded (SQLite, in-process)", http_load::Backend::Embedded { data_dir: data.path().to_path_buf() }),
+    ];
+    for (label, backend) in &backends {
+        println!("{label}:");
+        {
+            let engine = http_load::Engine::start(&binary, backend, &logs.join("alone.log")).await;
+            engine.prepare(&reqwest::Client::new()).await;
+            alone(&engine, label).await;
+        }
+        let log = logs.join(format!("{}.log", label.split_whitespace().next().unwrap_or("engine")));
+        let (runs, rss) = http_load::ladder(backend, &binary, &rates, Duration::from_secs(seconds), &log).await;
+        let best = runs.iter().filter(|r| r.sustained(P99_BOUND_MS)).map(|r| r.rate).max();
+        println!(
+            "{label}: highest rate sustained with p99 < {P99_BOUND_MS} ms: {}; engine peak RSS {rss:.0} MiB",
+            best.map_or_else(|| "none of those offered".to_owned(), |r| format!("{r}/s"))
+        );
+    }
+    drop_database(url, &db).await;
+}
+
+#[tokio::main]
+async fn main() {
+    println!(
+        "sagaflow bench ({} build, {} cores)",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (eval \"$(scripts/services.sh)\")");
+    let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect("KAFKA_BOOTSTRAP_SERVERS");
+    let mut sections: Vec<String> = std::env::args().skip(1).collect();
+    if sections.is_empty() {
+        sections = ["appends", "replay", "broker", "sagas", "retention"].map(String::from).to_vec();
+    }
+    let mut broker_bound = None;
+    for section in &sections {
+        match section.as_str() {
+            "appends" => appends_section(&url, env_u64("BENCH_SECONDS", 3)).await,
+            "replay" => replay_section(&url).await,
+            "broker" => broker_bound = Some(broker_section(&bootstrap).await),
+            "sagas" => sagas_section(&url, &bootstrap, broker_bound).await,
+            "retention" => retention::retention(&url, 2_000_000).await,
+            other => eprintln!("unknown section '{other}' (appends, replay, broker, sagas, retention)"),
+        }
+    }
+    println!("bench peak RSS {:.1} MiB", peak_rss_mib_of(std::process::id()));
 }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use event_store::{Commit, ExpectedVersion, NewEvent};
 use sagas::order_input::NewOrder;
-use sagas::order_view::{OrderService, OrderView, OrderViewStatus};
+use sagas::order_view::{OrderView, OrderViewStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::state::AppState;
-use crate::wait::{until_terminal, WaitQuery};
+use crate::wait::{until_saga_terminal, WaitQuery};
 
 /// The answer to a submitted order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -126,12 +126,16 @@ pub async fn get_order(
     AppQuery(query): AppQuery<WaitQuery>,
 ) -> ApiResult<Json<OrderView>> {
     let wait = query.duration()?;
-    let view = until_terminal(state.store.as_ref(), &OrderService::streams_of(&id), wait, || async {
-        let view = state.orders.view(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no order '{id}'")))?;
-        let terminal = view.status.is_terminal();
-        Ok((view, terminal))
-    })
-    .await?;
+    let not_found = || ApiError::NotFound(format!("no order '{id}'"));
+    let view = state.orders.view(&id).await?.ok_or_else(not_found)?;
+    if view.status.is_terminal() || wait.is_zero() {
+        return Ok(Json(view));
+    }
+    // An order is terminal only once its saga is: follow the saga's stream cheaply (its new
+    // events only), and build the order's view again when that has moved on.
+    let mut saga = engine::coordinator::SagaView::default();
+    until_saga_terminal(state.store.as_ref(), &state.coordinator, view.saga_id, &mut saga, wait).await?;
+    let view = state.orders.view(&id).await?.ok_or_else(not_found)?;
     Ok(Json(view))
 }
 

@@ -16,7 +16,7 @@ use super::streams::EventResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::state::AppState;
-use crate::wait::{until_terminal, WaitQuery};
+use crate::wait::{until_saga_terminal, WaitQuery};
 
 /// Which definition to run, with what input.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -121,14 +121,11 @@ pub async fn get_saga(
 ) -> ApiResult<Json<SagaResponse>> {
     let wait = query.duration()?;
     let saga_id = parse_id(&id)?;
-    let streams = [engine::coordinator::saga_stream(saga_id)];
-    let view = until_terminal(state.store.as_ref(), &streams, wait, || async {
-        let view =
-            state.coordinator.load(saga_id).await?.ok_or_else(|| ApiError::NotFound(format!("no saga '{id}'")))?;
-        let terminal = view.state.status.is_terminal();
-        Ok((view, terminal))
-    })
-    .await?;
+    let mut view =
+        state.coordinator.load(saga_id).await?.ok_or_else(|| ApiError::NotFound(format!("no saga '{id}'")))?;
+    if !view.state.status.is_terminal() && !wait.is_zero() {
+        until_saga_terminal(state.store.as_ref(), &state.coordinator, saga_id, &mut view, wait).await?;
+    }
     Ok(Json(saga_response(saga_id, view)))
 }
 

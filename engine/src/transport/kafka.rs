@@ -34,6 +34,10 @@ pub struct KafkaConfig {
     pub session_timeout_ms: u32,
     /// How long a consumer may sit without partitions before it is reported as stuck.
     pub assignment_warning_after: Duration,
+    /// The longest a fetch waits at the broker for new messages (`fetch.wait.max.ms`). A
+    /// broker that answers a fetch only when this passes (not when a message arrives, as
+    /// the development broker does) adds about half of it to every hop.
+    pub fetch_wait_max_ms: u32,
 }
 
 impl KafkaConfig {
@@ -45,6 +49,7 @@ impl KafkaConfig {
             replication_factor: 1,
             session_timeout_ms: 10_000,
             assignment_warning_after: Duration::from_secs(20),
+            fetch_wait_max_ms: std::env::var("SAGAFLOW_KAFKA_FETCH_WAIT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5),
         }
     }
 }
@@ -219,7 +224,7 @@ impl Transport for KafkaTransport {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "50")
+            .set("fetch.wait.max.ms", self.config.fetch_wait_max_ms.to_string())
             // Notice a topic that was created again (a broker restarted empty) within seconds.
             .set("topic.metadata.refresh.interval.ms", "5000")
             .set("session.timeout.ms", self.config.session_timeout_ms.to_string())

@@ -5,11 +5,14 @@
 --
 -- commit = {"appends":   [{"i": <request index>, "stream": text, "expected": "any" | "no_stream" | <version>,
 --                          "events": [{"id": uuid, "type": text, "data": jsonb, "metadata": jsonb}]}],
---                         (sorted by stream id, so that concurrent multi-stream commits cannot deadlock)
 --           "processed": {"consumer": text, "message_id": text} | null,
 --           "outbox":    [{"topic": text, "key": text, "payload": base64, "headers": {text: text}}],
 --           "timers":    [{"key": text, "due_at": timestamptz | null (cancel)}]   (one entry per key)}
 -- returns [{"i", "version", "positions": [bigint], "already_stored": bool}]
+--
+-- Each stream's writers are serialized by a transaction-scoped advisory lock on the hash of
+-- its id, taken in hash order so that multi-stream commits cannot deadlock (two streams
+-- with one hash share a lock: slower, still correct). Its version is its highest event's.
 --
 -- Refusals are raised with SQLSTATEs of class SF, mapped to typed errors by the store:
 --   SF001 wrong expected version (MESSAGE: stream, DETAIL: actual version)
@@ -18,19 +21,19 @@
 -- An event id stored in another stream is the unique violation of events_event_id_key.
 CREATE FUNCTION sagaflow_commit(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
-    a              jsonb;
-    stream         text;
-    at_version        bigint;
-    expected       jsonb;
-    n_events       int;
-    stored         bigint[];
-    positions      bigint[];
-    results        jsonb := '[]'::jsonb;
+    a          jsonb;
+    stream     text;
+    at_version bigint;
+    expected   jsonb;
+    n_events   int;
+    stored     bigint[];
+    positions  bigint[];
+    results    jsonb := '[]'::jsonb;
 BEGIN
-    FOR a IN SELECT value FROM jsonb_array_elements(c->'appends') LOOP
+    FOR a IN SELECT value FROM jsonb_array_elements(c->'appends') ORDER BY hashtextextended(value->>'stream', 0) LOOP
         stream := a->>'stream';
-        INSERT INTO streams (stream_id, version) VALUES (stream, 0) ON CONFLICT (stream_id) DO NOTHING;
-        SELECT version INTO at_version FROM streams WHERE stream_id = stream FOR UPDATE;
+        PERFORM pg_advisory_xact_lock(hashtextextended(stream, 0));
+        SELECT coalesce(max(version), 0) INTO at_version FROM events WHERE stream_id = stream;
         n_events := jsonb_array_length(a->'events');
         IF n_events > 0 THEN
             -- Idempotent retry: every event id already stored in this stream writes nothing.
@@ -52,6 +55,9 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'SF001', MESSAGE = stream, DETAIL = at_version::text;
         END IF;
         IF n_events > 0 THEN
+            IF at_version = 0 THEN
+                INSERT INTO streams (stream_id) VALUES (stream) ON CONFLICT (stream_id) DO NOTHING;
+            END IF;
             WITH inserted AS (
                 INSERT INTO events (event_id, stream_id, version, event_type, data, metadata)
                 SELECT (x.e->>'id')::uuid, stream, at_version + x.ord, x.e->>'type', x.e->'data', x.e->'metadata'
@@ -59,7 +65,6 @@ BEGIN
                  ORDER BY x.ord
                 RETURNING global_position, version)
             SELECT array_agg(global_position ORDER BY version) INTO positions FROM inserted;
-            UPDATE streams SET version = at_version + n_events WHERE stream_id = stream;
         ELSE
             positions := '{}';
         END IF;
@@ -75,19 +80,23 @@ BEGIN
         END IF;
     END IF;
 
-    -- Outbox ids follow the commit's message order: the relay publishes in id order.
-    INSERT INTO outbox (topic, msg_key, payload, headers)
-    SELECT x.m->>'topic', x.m->>'key', decode(x.m->>'payload', 'base64'), x.m->'headers'
-      FROM jsonb_array_elements(c->'outbox') WITH ORDINALITY AS x(m, ord)
-     ORDER BY x.ord;
+    IF jsonb_array_length(c->'outbox') > 0 THEN
+        -- Outbox ids follow the commit's message order: the relay publishes in id order.
+        INSERT INTO outbox (topic, msg_key, payload, headers)
+        SELECT x.m->>'topic', x.m->>'key', decode(x.m->>'payload', 'base64'), x.m->'headers'
+          FROM jsonb_array_elements(c->'outbox') WITH ORDINALITY AS x(m, ord)
+         ORDER BY x.ord;
+    END IF;
 
-    INSERT INTO timers (timer_key, due_at)
-    SELECT t->>'key', (t->>'due_at')::timestamptz FROM jsonb_array_elements(c->'timers') AS t
-     WHERE jsonb_typeof(t->'due_at') = 'string'
-    ON CONFLICT (timer_key) DO UPDATE SET due_at = EXCLUDED.due_at;
-    DELETE FROM timers
-     WHERE timer_key IN (SELECT t->>'key' FROM jsonb_array_elements(c->'timers') AS t
-                          WHERE jsonb_typeof(t->'due_at') IS DISTINCT FROM 'string');
+    IF jsonb_array_length(c->'timers') > 0 THEN
+        INSERT INTO timers (timer_key, due_at)
+        SELECT t->>'key', (t->>'due_at')::timestamptz FROM jsonb_array_elements(c->'timers') AS t
+         WHERE jsonb_typeof(t->'due_at') = 'string'
+        ON CONFLICT (timer_key) DO UPDATE SET due_at = EXCLUDED.due_at;
+        DELETE FROM timers
+         WHERE timer_key = ANY(ARRAY(SELECT t->>'key' FROM jsonb_array_elements(c->'timers') AS t
+                                      WHERE jsonb_typeof(t->'due_at') IS DISTINCT FROM 'string'));
+    END IF;
     RETURN results;
 END;
 $$;
