@@ -65,6 +65,13 @@ if [ "$(psql_admin "-c \"SELECT 1 FROM pg_roles WHERE rolname='$PG_USER'\"")" !=
   log "creating role $PG_USER"
   psql_admin "-c \"CREATE ROLE $PG_USER LOGIN SUPERUSER PASSWORD '$PG_PASSWORD'\"" >&2
 fi
+# The bench runs 64 writers on each of two pools side by side; the default 100 is too few.
+if [ "$(psql_admin "-c \"SHOW max_connections\"")" -lt 300 ]; then
+  log "raising max_connections to 300 (restarts PostgreSQL)"
+  psql_admin "-c \"ALTER SYSTEM SET max_connections = 300\"" >&2
+  as_root pg_ctlcluster 15 main restart >&2
+  wait_port "$PG_PORT" PostgreSQL
+fi
 if [ "$(psql_admin "-c \"SELECT 1 FROM pg_database WHERE datname='$PG_DB'\"")" != "1" ]; then
   log "creating database $PG_DB"
   psql_admin "-c \"CREATE DATABASE $PG_DB OWNER $PG_USER\"" >&2

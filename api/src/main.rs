@@ -50,6 +50,12 @@ struct ServeArgs {
     /// the others (the broker's group.min.session.timeout.ms bounds it, 6 s by default).
     #[arg(long, env = "SAGAFLOW_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     kafka_session_timeout: Duration,
+    /// The longest a Kafka fetch waits at the broker for new messages. Apache Kafka answers
+    /// as soon as a message arrives, so a long wait costs no latency; a broker that answers
+    /// only when the wait is over (the development broker nisshi) adds about half of it to
+    /// every hop, and a short one makes it poll more.
+    #[arg(long, env = "SAGAFLOW_KAFKA_FETCH_WAIT", default_value = "100ms", value_parser = humantime::parse_duration)]
+    kafka_fetch_wait: Duration,
     /// How long published outbox rows are kept (e.g. 24h, 30m).
     #[arg(long, env = "SAGAFLOW_OUTBOX_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     outbox_retention: Duration,
@@ -96,6 +102,7 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
         Some(servers) => {
             let mut kafka = KafkaConfig::new(servers.clone());
             kafka.session_timeout_ms = u32::try_from(args.kafka_session_timeout.as_millis()).unwrap_or(u32::MAX);
+            kafka.fetch_wait_max_ms = u32::try_from(args.kafka_fetch_wait.as_millis()).unwrap_or(u32::MAX).max(1);
             TransportConfig::Kafka(kafka)
         }
         None => TransportConfig::InProcess,

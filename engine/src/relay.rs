@@ -19,6 +19,9 @@ use crate::transport::Transport;
 /// every third of it while it works, so a crashed relay's claims pass to another in seconds.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
+/// Batches a relay has in flight at once, by default.
+pub const DEFAULT_PIPELINE: usize = 4;
+
 /// How long a stopping relay tries to publish what is left.
 const FLUSH_ON_STOP: Duration = Duration::from_secs(5);
 
@@ -31,6 +34,7 @@ pub struct OutboxRelay {
     lease: Duration,
     idle_poll: Duration,
     dead_letter_topic: Option<String>,
+    pipeline: usize,
 }
 
 impl OutboxRelay {
@@ -44,6 +48,7 @@ impl OutboxRelay {
             lease: DEFAULT_LEASE,
             idle_poll: Duration::from_millis(250),
             dead_letter_topic: None,
+            pipeline: DEFAULT_PIPELINE,
         }
     }
 
@@ -59,6 +64,13 @@ impl OutboxRelay {
     #[must_use]
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// Keeps up to `batches` batches in flight (at least 1).
+    #[must_use]
+    pub fn with_pipeline(mut self, batches: usize) -> Self {
+        self.pipeline = batches.max(1);
         self
     }
 
@@ -179,51 +191,111 @@ impl OutboxRelay {
         }
     }
 
-    async fn step(&self, unpublished: &mut Vec<OutboxMessage>) -> Result<usize> {
-        if !unpublished.is_empty() {
-            self.still_holding(unpublished).await?;
-        }
-        if unpublished.is_empty() {
-            *unpublished = self.store.claim_outbox(&self.relay_id, self.batch, self.lease).await?;
-        }
+    /// Publishes a batch that failed before, if it is still ours (see [`Self::still_holding`]).
+    async fn retry(&self, unpublished: &mut Vec<OutboxMessage>) -> Result<usize> {
+        self.still_holding(unpublished).await?;
         let ids = ids_of(unpublished);
         self.holding_lease(&ids, self.publish_claimed(unpublished)).await
     }
 
-    /// Runs until cancelled, then flushes what is left.
+    /// Publishes `batch` (claimed), holding its lease; gives back its ids and what is left
+    /// of it.
+    async fn publish_owned(&self, mut batch: Vec<OutboxMessage>) -> (Vec<u64>, Vec<OutboxMessage>, Result<usize>) {
+        let ids = ids_of(&batch);
+        let result = self.holding_lease(&ids, self.publish_claimed(&mut batch)).await;
+        (ids, batch, result)
+    }
+
+    /// Runs until cancelled, then flushes what is left. Up to [`Self::with_pipeline`] batches are in
+    /// flight at once: the next is claimed (after the newest id in flight) and handed to
+    /// the transport while the broker acknowledges the earlier ones. The producer keeps the
+    /// order within a partition, and refuses to leave a gap (it fails the rest instead), so
+    /// batches complete in order; a failed batch, and whatever was in flight behind it, is
+    /// retried before anything newer is claimed, so one saga's messages keep their order.
     pub async fn run(self, cancel: CancellationToken) {
         let mut changes = self.store.changes();
         let mut failures = 0_u32;
         tracing::info!(relay = %self.relay_id, transport = self.transport.name(), "outbox relay started");
-        // A batch that failed to publish is retried before anything newer is claimed,
-        // so one saga's messages keep their order.
         let mut unpublished: Vec<OutboxMessage> = Vec::new();
+        let mut in_flight = futures::stream::FuturesOrdered::new();
+        let mut in_flight_ids: std::collections::HashSet<u64> = std::collections::HashSet::new();
         loop {
             changes.borrow_and_update();
-            let result = tokio::select! {
-                () = cancel.cancelled() => break,
-                result = self.step(&mut unpublished) => result,
-            };
-            match result {
-                Ok(n) => {
-                    failures = 0;
-                    if n == self.batch {
-                        continue;
+            if !unpublished.is_empty() {
+                // Only with nothing in flight: retry what failed, oldest first.
+                let result = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    result = self.retry(&mut unpublished) => result,
+                };
+                match result {
+                    Ok(_) => failures = 0,
+                    Err(err) => {
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(relay = %self.relay_id, error = %err, failures, "outbox relay could not publish; will retry");
+                        let backoff = Duration::from_millis(200 * u64::from(failures.min(15)));
+                        tokio::select! {
+                            () = cancel.cancelled() => break,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
                     }
                 }
-                Err(err) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(relay = %self.relay_id, error = %err, failures, "outbox relay could not publish; will retry");
+                continue;
+            }
+            if in_flight.len() < self.pipeline {
+                let besides: Vec<u64> = in_flight_ids.iter().copied().collect();
+                let claimed = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    claimed = self.store.claim_outbox_besides(&self.relay_id, &besides, self.batch, self.lease) => claimed,
+                };
+                match claimed {
+                    Ok(batch) if !batch.is_empty() => {
+                        in_flight_ids.extend(batch.iter().map(|m| m.id));
+                        in_flight.push_back(self.publish_owned(batch));
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(relay = %self.relay_id, error = %err, "cannot claim outbox messages; will retry");
+                        failures = failures.saturating_add(1);
+                    }
                 }
             }
-            let wait =
-                if failures == 0 { self.idle_poll } else { Duration::from_millis(200 * u64::from(failures.min(15))) };
-            tokio::select! {
+            if in_flight.is_empty() {
+                let wait = if failures == 0 {
+                    self.idle_poll
+                } else {
+                    Duration::from_millis(200 * u64::from(failures.min(15)))
+                };
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    _ = changes.changed() => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+            let done = tokio::select! {
                 () = cancel.cancelled() => break,
-                _ = changes.changed(), if failures == 0 => {}
-                () = tokio::time::sleep(wait) => {}
+                done = futures::StreamExt::next(&mut in_flight) => done,
+            };
+            let Some((ids, rest, result)) = done else { continue };
+            for id in &ids {
+                in_flight_ids.remove(id);
+            }
+            if let Err(err) = result {
+                failures = failures.saturating_add(1);
+                tracing::warn!(relay = %self.relay_id, error = %err, failures, "outbox relay could not publish; will retry");
+                // Let what is behind it finish, and keep everything unpublished, in id order.
+                unpublished = rest;
+                while let Some((_, rest, _)) = futures::StreamExt::next(&mut in_flight).await {
+                    unpublished.extend(rest);
+                }
+                in_flight_ids.clear();
+                unpublished.sort_by_key(|m| m.id);
+            } else {
+                failures = 0;
             }
         }
+        drop(in_flight);
         // Bounded: with the transport gone, what is left simply stays in the outbox.
         match tokio::time::timeout(FLUSH_ON_STOP, self.flush()).await {
             Ok(Ok(n)) => tracing::info!(relay = %self.relay_id, flushed = n, "outbox relay stopped"),

@@ -49,6 +49,23 @@ pub trait EventStore: Send + Sync + 'static {
     /// same relay id may claim it again (a restarted single-process relay keeps its id).
     async fn claim_outbox(&self, relay_id: &str, limit: usize, lease: Duration) -> Result<Vec<OutboxMessage>>;
 
+    /// Like [`EventStore::claim_outbox`], leaving out the messages `in_flight` (this relay's
+    /// batches still being published): a relay with batches in flight claims the next one.
+    /// Not "ids above the newest in flight": a message with a lower id may commit later.
+    async fn claim_outbox_besides(
+        &self,
+        relay_id: &str,
+        in_flight: &[u64],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMessage>> {
+        // Claiming this relay's own in-flight messages again only renews their lease.
+        let mut claimed = self.claim_outbox(relay_id, limit + in_flight.len(), lease).await?;
+        claimed.retain(|m| !in_flight.contains(&m.id));
+        claimed.truncate(limit);
+        Ok(claimed)
+    }
+
     /// Marks messages claimed by `relay_id` as published.
     async fn mark_published(&self, relay_id: &str, ids: &[u64]) -> Result<()>;
 

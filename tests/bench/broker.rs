@@ -23,6 +23,9 @@ pub struct BrokerFigures {
     pub cpu: String,
     /// One message at a time: produce, then wait until the consumer has it.
     pub hop: Figure,
+    /// Batches of 200 messages, each acknowledged before the next (the relay's pattern):
+    /// messages/s, and the time per batch.
+    pub batches: Figure,
 }
 
 fn client(bootstrap: &str) -> ClientConfig {
@@ -50,7 +53,7 @@ fn consumer(bootstrap: &str, topic: &str) -> StreamConsumer {
         .set("group.id", format!("bench-{}", uuid::Uuid::now_v7().simple()))
         .set("enable.auto.commit", "true")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", crate::FETCH_WAIT_MAX_MS)
+        .set("fetch.wait.max.ms", humantime::parse_duration(&crate::fetch_wait()).unwrap().as_millis().to_string())
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
@@ -103,6 +106,26 @@ pub async fn raw_limit(bootstrap: &str, count: usize, size: usize, cpu: &mut Cpu
     let got = received.load(Ordering::Relaxed);
     let throughput = Figure::rate(got, elapsed, Vec::new());
 
+    // The relay's pattern: a batch of 200 sent, all acknowledged, then the next.
+    let batches_started = Instant::now();
+    let mut batch_latencies = Vec::new();
+    for b in 0..20 {
+        let begun = Instant::now();
+        let sends: Vec<_> = (0..200)
+            .map(|i| {
+                producer.send(
+                    FutureRecord::to(&topic).key(&keys[(b * 200 + i) % keys.len()]).payload(&payload),
+                    Timeout::Never,
+                )
+            })
+            .collect();
+        for result in futures::future::join_all(sends).await {
+            result.unwrap();
+        }
+        batch_latencies.push(begun.elapsed());
+    }
+    let batches = Figure::rate(20 * 200, batches_started.elapsed(), batch_latencies);
+
     let mut hops = Vec::new();
     for i in 0..100 {
         let begun = Instant::now();
@@ -113,5 +136,5 @@ pub async fn raw_limit(bootstrap: &str, count: usize, size: usize, cpu: &mut Cpu
     }
     hops.sort();
     let hop = Figure { per_s: 1.0 / percentile(&hops, 0.5).as_secs_f64().max(1e-9), latencies: hops };
-    BrokerFigures { throughput, cpu: cpu_split, hop }
+    BrokerFigures { throughput, cpu: cpu_split, hop, batches }
 }

@@ -41,14 +41,17 @@ impl Engine {
             .env_remove("KAFKA_BOOTSTRAP_SERVERS")
             .env("SAGAFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("SAGAFLOW_TOPIC_PREFIX", format!("bench{}", uuid::Uuid::now_v7().simple()))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("BENCH_ENGINE_LOG").unwrap_or_else(|_| "warn".into()))
             .env("NO_COLOR", "1");
         match backend {
             Backend::Embedded { data_dir } => {
                 command.env("SAGAFLOW_DATA_DIR", data_dir);
             }
             Backend::PostgresKafka { database_url, bootstrap } => {
-                command.env("DATABASE_URL", database_url).env("KAFKA_BOOTSTRAP_SERVERS", bootstrap);
+                command
+                    .env("DATABASE_URL", database_url)
+                    .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+                    .env("SAGAFLOW_KAFKA_FETCH_WAIT", crate::fetch_wait());
             }
         }
         let out = std::fs::File::create(log).unwrap();

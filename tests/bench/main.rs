@@ -12,7 +12,9 @@
 //! (`eval "$(scripts/services.sh)"`). `BENCH_SECONDS` (default 3) is the time of each
 //! append workload, `BENCH_HTTP_SECONDS` (default 60) of each offered rate, and
 //! `BENCH_RATES` the rates offered (default 100,200,400,700,1000,1400); `BENCH_KEEP_DB` keeps
-//! the bench databases for a look afterwards.
+//! the bench databases for a look afterwards; `BENCH_WRITERS` (default 1,4,16,64) the writer counts;
+//! `BENCH_OURS_ONLY` skips the raw limit and the peer (for profiling ours); `BENCH_BACKENDS`
+//! (`postgres` or `embedded`) runs the saga figures of one backend only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -29,15 +31,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use event_store::postgres::{PgEventStore, MIGRATOR};
+use event_store::postgres::PgEventStore;
 use event_store::EventStore;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::stats::{thousands, Figure};
 
-/// The consumers' `fetch.wait.max.ms`, as the engine sets it.
-pub const FETCH_WAIT_MAX_MS: &str = "5";
+/// The engine's Kafka fetch wait in the bench (`BENCH_FETCH_WAIT`, default 5ms): nisshi
+/// answers a fetch only when the wait is over, so this bounds every hop.
+pub fn fetch_wait() -> String {
+    std::env::var("BENCH_FETCH_WAIT").unwrap_or_else(|_| "5ms".into())
+}
 /// A rate is sustained while p99 POST → terminal stays under this.
 pub const P99_BOUND_MS: f64 = 250.0;
 const WRITERS: [usize; 4] = [1, 4, 16, 64];
@@ -63,9 +68,7 @@ pub async fn fresh_postgres(url: &str) -> Option<(Arc<dyn EventStore>, String, S
     let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
     let db_url = format!("{base}/{db}");
     // As many connections as the most writers, like the raw limit and the peer get.
-    let pool = PgPoolOptions::new().max_connections(64).connect(&db_url).await.ok()?;
-    MIGRATOR.run(&pool).await.ok()?;
-    let store = PgEventStore::from_pool(pool).await.ok()?;
+    let store = PgEventStore::connect_with(&db_url, 64).await.ok()?;
     Some((Arc::new(store), db, db_url))
 }
 
@@ -110,10 +113,20 @@ async fn appends_section(url: &str, seconds: u64) {
         "workload", "writers", "ours", "raw limit (sqlx)", "postgres-es"
     );
     let mut rows = Vec::new();
-    for writers in WRITERS {
-        let peer_figures = peer.as_deref().map(|p| appends::peer(p, url, writers, duration)).unwrap_or_default();
+    let writer_counts: Vec<usize> = std::env::var("BENCH_WRITERS")
+        .map_or_else(|_| WRITERS.to_vec(), |v| v.split(',').filter_map(|w| w.trim().parse().ok()).collect());
+    for writers in writer_counts {
+        let ours_only = std::env::var_os("BENCH_OURS_ONLY").is_some();
+        let peer_figures = match peer.as_deref() {
+            Some(p) if !ours_only => appends::peer(p, url, writers, duration),
+            _ => std::collections::HashMap::new(),
+        };
         for workload in appends::WORKLOADS {
-            let raw = appends::raw(pool.clone(), workload, writers, duration).await;
+            let raw = if ours_only {
+                Figure::default()
+            } else {
+                appends::raw(pool.clone(), workload, writers, duration).await
+            };
             let ours = appends::ours(Arc::clone(&store), workload, writers, duration).await;
             let peer = peer_figures.get(workload);
             println!(
@@ -164,6 +177,11 @@ async fn broker_section(bootstrap: &str) -> f64 {
         figures.hop.p50_ms(),
         figures.hop.p99_ms()
     );
+    println!(
+        "Broker, batches of 200 each acknowledged before the next (the relay's pattern): {} msgs/s, p50 {:.1} ms per batch",
+        thousands(figures.batches.per_s),
+        figures.batches.p50_ms()
+    );
     figures.throughput.per_s / 8.0
 }
 
@@ -171,7 +189,8 @@ async fn alone(engine: &http_load::Engine, label: &str) {
     let client = reqwest::Client::new();
     let mut latencies = Vec::new();
     let started = Instant::now();
-    for i in 0..50 {
+    // The first saga also waits for the consumer groups to form: not counted.
+    for i in 0..51 {
         let begun = Instant::now();
         let order = serde_json::json!({
             "customer_id": format!("c-{}", i % 50),
@@ -183,7 +202,9 @@ async fn alone(engine: &http_load::Engine, label: &str) {
         let view: serde_json::Value =
             client.get(format!("{}/orders/{id}?wait=30", engine.base)).send().await.unwrap().json().await.unwrap();
         assert_eq!(view["status"], "APPROVED");
-        latencies.push(begun.elapsed());
+        if i > 0 {
+            latencies.push(begun.elapsed());
+        }
         // An idle engine between sagas.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -215,12 +236,18 @@ async fn sagas_section(url: &str, bootstrap: &str, broker_bound: Option<f64>) {
         ),
         ("embedded (SQLite, in-process)", http_load::Backend::Embedded { data_dir: data.path().to_path_buf() }),
     ];
-    for (label, backend) in &backends {
+    let only = std::env::var("BENCH_BACKENDS").unwrap_or_default();
+    for (label, backend) in backends.iter().filter(|(label, _)| only.is_empty() || label.to_lowercase().contains(&only))
+    {
         println!("{label}:");
         {
             let engine = http_load::Engine::start(&binary, backend, &logs.join("alone.log")).await;
             engine.prepare(&reqwest::Client::new()).await;
             alone(&engine, label).await;
+            let mut cpu = cpu::CpuMeter::new(Some(engine.pid()));
+            cpu.start();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            println!("{label}: idle for 5 s, cpu: {}", cpu.stop(Duration::from_secs(5)));
         }
         let log = logs.join(format!("{}.log", label.split_whitespace().next().unwrap_or("engine")));
         let (runs, rss) = http_load::ladder(backend, &binary, &rates, Duration::from_secs(seconds), &log).await;

@@ -53,6 +53,8 @@ pub fn kafka_transport() -> Arc<dyn Transport> {
     config.partitions = 3;
     config.session_timeout_ms = 6_000;
     config.assignment_warning_after = Duration::from_secs(15);
+    // nisshi answers a fetch only when its wait is over: keep hops short.
+    config.fetch_wait_max_ms = 10;
     Arc::new(KafkaTransport::new(config).expect("kafka transport"))
 }
 

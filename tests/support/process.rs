@@ -105,6 +105,8 @@ impl EngineProcess {
             .env("SAGAFLOW_HTTP_ADDR", format!("127.0.0.1:{}", self.spec.http_port))
             // The broker's minimum: a crashed member's partitions move on as soon as it allows.
             .env("SAGAFLOW_KAFKA_SESSION_TIMEOUT", "6s")
+            // nisshi answers a fetch only when its wait is over: keep hops short.
+            .env("SAGAFLOW_KAFKA_FETCH_WAIT", "10ms")
             .env(
                 "RUST_LOG",
                 std::env::var("SAGAFLOW_TEST_LOG").unwrap_or_else(|_| "info,sqlx=warn,rdkafka=warn".into()),

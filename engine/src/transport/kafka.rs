@@ -41,7 +41,8 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// Defaults for `bootstrap_servers`: 6 partitions, replication 1, 10 s sessions.
+    /// Defaults for `bootstrap_servers`: 6 partitions, replication 1, 10 s sessions, 100 ms
+    /// fetch waits.
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         Self {
             bootstrap_servers: bootstrap_servers.into(),
@@ -49,7 +50,7 @@ impl KafkaConfig {
             replication_factor: 1,
             session_timeout_ms: 10_000,
             assignment_warning_after: Duration::from_secs(20),
-            fetch_wait_max_ms: std::env::var("SAGAFLOW_KAFKA_FETCH_WAIT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5),
+            fetch_wait_max_ms: 100,
         }
     }
 }
@@ -105,6 +106,10 @@ impl KafkaTransport {
         ClientConfig::new()
             .set("bootstrap.servers", &config.bootstrap_servers)
             .set("enable.idempotence", "true")
+            // A message that fails for good fails the ones behind it too (a fatal error)
+            // instead of leaving a gap: the relay keeps several batches in flight and
+            // relies on that to keep the order within a partition.
+            .set("enable.gapless.guarantee", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
             // A message not delivered in 10 s fails back to the relay, which keeps it in the
