@@ -107,13 +107,13 @@ impl InFlight {
     fn receive(&mut self, delivery: Delivery) -> Option<Delivery> {
         self.received += 1;
         self.partitions.entry((delivery.topic.clone(), delivery.partition)).or_default().insert(delivery.offset, None);
-        match self.keys.get_mut(&Self::key_of(&delivery)) {
-            Some(waiting) => {
-                waiting.push_back(delivery);
+        match self.keys.entry(Self::key_of(&delivery)) {
+            std::collections::hash_map::Entry::Occupied(mut waiting) => {
+                waiting.get_mut().push_back(delivery);
                 None
             }
-            None => {
-                self.keys.insert(Self::key_of(&delivery), VecDeque::new());
+            std::collections::hash_map::Entry::Vacant(idle) => {
+                idle.insert(VecDeque::new());
                 Some(delivery)
             }
         }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use engine::coordinator::Coordinator;
+use engine::coordinator::{Coordinator, SagaView};
 use engine::saga::{SagaState, SagaStatus, StepStatus};
 use engine::{Error, Repository, Result};
 use event_store::{Commit, EventStore};
@@ -92,6 +92,11 @@ impl OrderService {
     pub async fn view(&self, order_id: &str) -> Result<Option<OrderView>> {
         let Ok(saga_id) = Uuid::parse_str(order_id) else { return Ok(None) };
         let Some(saga) = self.coordinator.load(saga_id).await? else { return Ok(None) };
+        self.view_of(order_id, saga_id, &saga).await
+    }
+
+    /// The order's view from its saga as already folded (a caller that followed it).
+    pub async fn view_of(&self, order_id: &str, saga_id: Uuid, saga: &SagaView) -> Result<Option<OrderView>> {
         if saga.state.definition.as_ref().is_none_or(|d| d.name != ORDER_FULFILMENT) {
             return Ok(None);
         }

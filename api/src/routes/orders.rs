@@ -132,10 +132,10 @@ pub async fn get_order(
         return Ok(Json(view));
     }
     // An order is terminal only once its saga is: follow the saga's stream cheaply (its new
-    // events only), and build the order's view again when that has moved on.
+    // events only), then build the order's view from the saga as followed.
     let mut saga = engine::coordinator::SagaView::default();
     until_saga_terminal(state.store.as_ref(), &state.coordinator, view.saga_id, &mut saga, wait).await?;
-    let view = state.orders.view(&id).await?.ok_or_else(not_found)?;
+    let view = state.orders.view_of(&id, view.saga_id, &saga).await?.ok_or_else(not_found)?;
     Ok(Json(view))
 }
 
