@@ -28,7 +28,8 @@ pub struct StepDefinition {
     pub participant: String,
     /// The command type sent to run the step.
     pub command: String,
-    /// The command type sent to undo the step; `None` makes the step the pivot.
+    /// The command type sent to undo the step. The first step without one is the pivot; later
+    /// steps without one are retriable: they run after the pivot and are never undone.
     #[serde(default)]
     pub compensation: Option<String>,
     /// How long one attempt may take before it counts as timed out.
@@ -138,17 +139,17 @@ impl SagaDefinition {
                 problems.push(format!("{at}: retry.multiplier must be between 1 and 10"));
             }
         }
-        let pivots: Vec<&str> =
-            self.steps.iter().filter(|s| s.compensation.is_none()).map(|s| s.name.as_str()).collect();
-        if pivots.len() > 1 {
-            problems
-                .push(format!("at most one step may lack a compensation (the pivot); these do: {}", pivots.join(", ")));
-        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(Error::InvalidDefinition(problems))
         }
+    }
+
+    /// The pivot: the first step without a compensation. Once it has succeeded, the saga
+    /// can only go forward.
+    pub fn pivot(&self) -> Option<usize> {
+        self.steps.iter().position(|s| s.compensation.is_none())
     }
 
     /// The index of the step named `name`.
@@ -185,6 +186,15 @@ mod tests {
         let def =
             SagaDefinition { name: "s".into(), version: 0, steps: vec![step("a", Some("Undo")), step("b", None)] };
         def.validate().unwrap();
+        assert_eq!(def.pivot(), Some(1));
+    }
+
+    #[test]
+    fn steps_after_the_pivot_may_lack_a_compensation() {
+        let steps = vec![step("a", Some("Undo")), step("pivot", None), step("settle", None)];
+        let def = SagaDefinition { name: "s".into(), version: 0, steps };
+        def.validate().unwrap();
+        assert_eq!(def.pivot(), Some(1), "the first step without a compensation is the pivot");
     }
 
     #[test]
@@ -195,12 +205,10 @@ mod tests {
         let def = SagaDefinition { name: "bad name!".into(), version: 0, steps: vec![bad, step("a", None)] };
         let Err(Error::InvalidDefinition(problems)) = def.validate() else { panic!("must be invalid") };
         let text = problems.join("\n");
-        for expected in
-            ["name 'bad name!'", "duplicate step name 'a'", "timeout_ms", "max_attempts", "at most one step"]
-        {
+        for expected in ["name 'bad name!'", "duplicate step name 'a'", "timeout_ms", "max_attempts"] {
             assert!(text.contains(expected), "missing '{expected}' in:\n{text}");
         }
-        assert_eq!(problems.len(), 5);
+        assert_eq!(problems.len(), 4);
     }
 
     #[test]

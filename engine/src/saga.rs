@@ -281,6 +281,10 @@ impl SagaState {
         self.definition.as_ref().and_then(|d| d.steps.get(index))
     }
 
+    fn pivot(&self) -> Option<usize> {
+        self.definition.as_ref().and_then(SagaDefinition::pivot)
+    }
+
     /// Folds one event.
     pub fn apply(&mut self, event: &SagaEvent) {
         match event {
@@ -468,7 +472,8 @@ impl Decision {
     }
 
     fn begin_compensation(&mut self, failed: usize, reason: String) {
-        let failed_is_pivot = self.state.step_def(failed).is_some_and(|s| s.compensation.is_none());
+        let pivot = self.state.pivot();
+        let failed_is_pivot = pivot == Some(failed);
         if failed_is_pivot && self.state.steps.get(failed).is_some_and(|s| s.possibly_applied) {
             // An earlier attempt of the pivot timed out and may still land: undoing the steps
             // before it could leave it applied with nothing under it. An operator must decide.
@@ -480,10 +485,7 @@ impl Decision {
             });
             return;
         }
-        let pivot = (0..failed)
-            .find(|i| self.state.step_def(*i).is_some_and(|s| s.compensation.is_none()))
-            .map(|i| self.name(i));
-        if let Some(pivot) = pivot {
+        if let Some(pivot) = pivot.filter(|p| *p < failed).map(|p| self.name(p)) {
             let failed = self.name(failed);
             self.emit(SagaEvent::SagaFailed {
                 reason: format!("step '{failed}' failed after the pivot step '{pivot}' completed: {reason}"),
@@ -617,7 +619,8 @@ impl SagaState {
                     d.emit(SagaEvent::StepTimedOut { step: step.clone(), attempt, message_id: awaiting.message_id });
                     if !d.retry(index, Phase::Forward, attempt) {
                         let compensable = self.step_def(index).is_some_and(|s| s.compensation.is_some());
-                        if compensable {
+                        let after_pivot = self.pivot().is_some_and(|p| p < index);
+                        if compensable || after_pivot {
                             d.begin_compensation(index, format!("step '{step}' timed out after {attempt} attempt(s)"));
                         } else {
                             // The pivot may still take effect: undoing the steps before it could
@@ -891,6 +894,25 @@ mod tests {
         saga.ok(json!({}));
         assert_eq!(saga.fail("boom", false), ["StepFailed", "SagaFailed"]);
         assert!(saga.state.reason.as_deref().unwrap().contains("after the pivot step 'pivot'"));
+    }
+
+    #[test]
+    fn retriable_steps_after_the_pivot_run_forward_and_fail_for_an_operator() {
+        let steps = || vec![step("a", Some("UndoA"), 1), step("pivot", None, 1), step("settle", None, 2)];
+        let mut saga = Saga::start(steps());
+        saga.ok(json!({}));
+        saga.ok(json!({}));
+        assert_eq!(saga.ok(json!({})), ["StepSucceeded", "SagaCompleted"]);
+
+        let mut saga = Saga::start(steps());
+        saga.ok(json!({}));
+        saga.ok(json!({}));
+        assert_eq!(saga.timer(5), ["StepTimedOut", "StepRetryScheduled"]);
+        saga.timer(6);
+        assert_eq!(saga.timer(20), ["StepTimedOut", "SagaFailed"]);
+        let reason = saga.state.reason.as_deref().unwrap();
+        assert!(reason.contains("step 'settle' failed after the pivot step 'pivot' completed"), "{reason}");
+        assert_eq!(saga.state.steps[0].status, StepStatus::Succeeded, "nothing undone under the pivot");
     }
 
     #[test]

@@ -1,36 +1,57 @@
-//! Customer credit: a limit, and credit reserved per order by payments.
+//! Customer credit: a limit, credit spent by approved orders, and credit reserved per order
+//! until the order is approved (captured) or rejected (refunded). Its state is bounded by the
+//! orders in flight, not by the customer's history.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use engine::Aggregate;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+
+use crate::recent_ids::RecentIds;
 
 /// One customer's credit account.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerCredit {
     /// `None`: the customer has no credit account.
     pub limit: Option<Decimal>,
-    /// Credit reserved per order id.
+    /// Credit taken by approved orders.
+    #[serde(default)]
+    pub spent: Decimal,
+    /// Credit reserved per order id, until captured or refunded.
     pub reservations: BTreeMap<String, Decimal>,
-    /// Orders refunded (or refunded before paying, which blocks a late payment).
-    pub refunded: BTreeSet<String>,
+    /// The latest orders refunded (or refunded before paying, which blocks a late payment).
+    #[serde(default)]
+    pub refunded: RecentIds,
 }
 
 impl CustomerCredit {
     /// Credit not reserved by any order.
     pub fn available(&self) -> Decimal {
         let reserved = self.reservations.values().fold(Decimal::ZERO, |sum, a| sum.saturating_add(*a));
-        self.limit.unwrap_or_default().saturating_sub(reserved)
+        self.limit.unwrap_or_default().saturating_sub(self.spent).saturating_sub(reserved)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum CreditEvent {
-    CreditLimitSet { limit: Decimal },
-    CreditReserved { order_id: String, amount: Decimal },
-    CreditRefunded { order_id: String, amount: Decimal },
+    CreditLimitSet {
+        limit: Decimal,
+    },
+    CreditReserved {
+        order_id: String,
+        amount: Decimal,
+    },
+    CreditRefunded {
+        order_id: String,
+        amount: Decimal,
+    },
+    /// The order was approved: its reserved credit is spent.
+    CreditCaptured {
+        order_id: String,
+        amount: Decimal,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +59,7 @@ pub enum CreditCommand {
     SetLimit { limit: Decimal },
     Reserve { order_id: String, amount: Decimal },
     Refund { order_id: String },
+    Capture { order_id: String },
 }
 
 impl Aggregate for CustomerCredit {
@@ -54,7 +76,11 @@ impl Aggregate for CustomerCredit {
             }
             CreditEvent::CreditRefunded { order_id, .. } => {
                 self.reservations.remove(order_id);
-                self.refunded.insert(order_id.clone());
+                self.refunded.insert(order_id);
+            }
+            CreditEvent::CreditCaptured { order_id, amount } => {
+                self.reservations.remove(order_id);
+                self.spent = self.spent.saturating_add(*amount);
             }
         }
     }
@@ -93,6 +119,12 @@ impl Aggregate for CustomerCredit {
                 let amount = self.reservations.get(order_id).copied().unwrap_or_default();
                 Ok(vec![CreditEvent::CreditRefunded { order_id: order_id.clone(), amount }])
             }
+            CreditCommand::Capture { order_id } => Ok(self
+                .reservations
+                .get(order_id)
+                .map(|amount| CreditEvent::CreditCaptured { order_id: order_id.clone(), amount: *amount })
+                .into_iter()
+                .collect()),
         }
     }
 }
@@ -127,5 +159,21 @@ mod tests {
         assert_eq!(run(&mut c, &CreditCommand::Refund { order_id: "o1".into() }), Ok(0));
         assert_eq!(c.available(), d("50.00"));
         assert!(run(&mut c, &pay).is_err(), "a late payment after the refund is refused");
+    }
+
+    #[test]
+    fn capture_spends_the_reserved_credit_and_forgets_the_order() {
+        let mut c = CustomerCredit::default();
+        run(&mut c, &CreditCommand::SetLimit { limit: d("100.00") }).unwrap();
+        for i in 0..3_000 {
+            let order_id = format!("o{i}");
+            run(&mut c, &CreditCommand::Reserve { order_id: order_id.clone(), amount: d("0.01") }).unwrap();
+            let end = if i % 2 == 0 { CreditCommand::Capture { order_id } } else { CreditCommand::Refund { order_id } };
+            assert_eq!(run(&mut c, &end), Ok(1));
+        }
+        assert_eq!(run(&mut c, &CreditCommand::Capture { order_id: "o0".into() }), Ok(0), "captured once");
+        assert!(c.reservations.is_empty());
+        assert_eq!(c.refunded.len(), crate::recent_ids::REMEMBERED);
+        assert_eq!((c.spent, c.available()), (d("15.00"), d("85.00")));
     }
 }

@@ -1,20 +1,25 @@
-//! Inventory per SKU: stock that is free, and quantities reserved per order.
+//! Inventory per SKU: stock that is free, and quantities reserved per order until the
+//! order is approved (settled) or rejected (released). Its state is bounded by the orders in
+//! flight, not by the SKU's history.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use engine::Aggregate;
 use serde::{Deserialize, Serialize};
+
+use crate::recent_ids::RecentIds;
 
 /// Stock of one SKU.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     /// Free to reserve.
     pub available: u64,
-    /// Reserved per order id.
+    /// Reserved per order id, until settled or released.
     pub reservations: BTreeMap<String, u64>,
-    /// Orders whose reservation was released (or cancelled before it happened): a late
-    /// reserve for them is refused, so compensation always wins.
-    pub released: BTreeSet<String>,
+    /// The latest orders whose reservation was released (or cancelled before it happened): a
+    /// late reserve for them is refused, so compensation always wins.
+    #[serde(default)]
+    pub released: RecentIds,
 }
 
 impl Inventory {
@@ -27,9 +32,22 @@ impl Inventory {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum InventoryEvent {
-    StockSet { available: u64 },
-    StockReserved { order_id: String, quantity: u64 },
-    ReservationReleased { order_id: String, quantity: u64 },
+    StockSet {
+        available: u64,
+    },
+    StockReserved {
+        order_id: String,
+        quantity: u64,
+    },
+    ReservationReleased {
+        order_id: String,
+        quantity: u64,
+    },
+    /// The order was approved: its stock is gone for good and the reservation is forgotten.
+    ReservationSettled {
+        order_id: String,
+        quantity: u64,
+    },
 }
 
 /// What can be asked of one SKU's stock.
@@ -38,6 +56,7 @@ pub enum InventoryCommand {
     SetStock { available: u64 },
     Reserve { order_id: String, quantity: u64 },
     Release { order_id: String },
+    Settle { order_id: String },
 }
 
 impl Aggregate for Inventory {
@@ -56,7 +75,10 @@ impl Aggregate for Inventory {
             InventoryEvent::ReservationReleased { order_id, quantity } => {
                 self.available += quantity;
                 self.reservations.remove(order_id);
-                self.released.insert(order_id.clone());
+                self.released.insert(order_id);
+            }
+            InventoryEvent::ReservationSettled { order_id, .. } => {
+                self.reservations.remove(order_id);
             }
         }
     }
@@ -83,6 +105,12 @@ impl Aggregate for Inventory {
                 let quantity = self.reservations.get(order_id).copied().unwrap_or(0);
                 Ok(vec![InventoryEvent::ReservationReleased { order_id: order_id.clone(), quantity }])
             }
+            InventoryCommand::Settle { order_id } => Ok(self
+                .reservations
+                .get(order_id)
+                .map(|quantity| InventoryEvent::ReservationSettled { order_id: order_id.clone(), quantity: *quantity })
+                .into_iter()
+                .collect()),
         }
     }
 }
@@ -112,6 +140,34 @@ mod tests {
         assert_eq!(run(&mut inv, InventoryCommand::Release { order_id: "o1".into() }), Ok(0));
         assert_eq!((inv.available, inv.reserved()), (10, 0));
         assert!(run(&mut inv, reserve).is_err(), "a late reserve after release is refused");
+    }
+
+    #[test]
+    fn settling_keeps_the_stock_taken_and_forgets_the_reservation() {
+        let mut inv = Inventory::default();
+        run(&mut inv, InventoryCommand::SetStock { available: 10 }).unwrap();
+        run(&mut inv, InventoryCommand::Reserve { order_id: "o1".into(), quantity: 4 }).unwrap();
+        assert_eq!(run(&mut inv, InventoryCommand::Settle { order_id: "o1".into() }), Ok(1));
+        assert_eq!(run(&mut inv, InventoryCommand::Settle { order_id: "o1".into() }), Ok(0), "settled once");
+        assert_eq!((inv.available, inv.reserved()), (6, 0));
+        assert!(inv.reservations.is_empty());
+    }
+
+    #[test]
+    fn state_stays_bounded_over_a_long_history() {
+        let mut inv = Inventory::default();
+        run(&mut inv, InventoryCommand::SetStock { available: 1_000_000 }).unwrap();
+        for i in 0..5_000 {
+            let order_id = format!("o{i}");
+            run(&mut inv, InventoryCommand::Reserve { order_id: order_id.clone(), quantity: 1 }).unwrap();
+            let end =
+                if i % 2 == 0 { InventoryCommand::Settle { order_id } } else { InventoryCommand::Release { order_id } };
+            run(&mut inv, end).unwrap();
+        }
+        assert!(inv.reservations.is_empty());
+        assert_eq!(inv.released.len(), crate::recent_ids::REMEMBERED);
+        assert_eq!(inv.available, 1_000_000 - 2_500);
+        assert!(run(&mut inv, InventoryCommand::Reserve { order_id: "o4999".into(), quantity: 1 }).is_err());
     }
 
     #[test]

@@ -8,5 +8,6 @@ pub mod order;
 pub mod order_input;
 pub mod order_view;
 pub mod participants;
+pub mod recent_ids;
 
 pub use definitions::order_fulfilment;

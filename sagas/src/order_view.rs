@@ -103,7 +103,8 @@ impl OrderService {
         let input: OrderInput = serde_json::from_value(saga.state.input.clone())
             .map_err(|e| Error::Invalid(format!("saga {saga_id} input is not an order: {e}")))?;
         let order = self.orders.load(order_id).await?;
-        // Terminal only once the saga is: a rejected order's stock is released by then.
+        // Terminal only once the saga is: a rejected order's stock is released by then, and an
+        // approved order's stock and payment are settled.
         let (status, reason) = match (saga.state.status, order.state.status) {
             // Approval is the pivot: once the order is approved it stays approved.
             (SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed, OrderStatus::Approved) => {
@@ -135,13 +136,13 @@ impl OrderService {
     }
 }
 
-/// Whether the pivot (the step without a compensation: the approval) was sent and not
-/// definitely refused, so that it may still take effect.
+/// Whether the pivot (the approval) was sent and not definitely refused, so that it may
+/// still take effect.
 fn approval_may_land(saga: &SagaState) -> bool {
-    let Some(definition) = &saga.definition else { return false };
-    definition.steps.iter().zip(&saga.steps).any(|(def, step)| {
-        def.compensation.is_none() && step.attempts > 0 && (step.status != StepStatus::Failed || step.possibly_applied)
-    })
+    let Some(pivot) = saga.definition.as_ref().and_then(|d| d.pivot()) else { return false };
+    saga.steps
+        .get(pivot)
+        .is_some_and(|step| step.attempts > 0 && (step.status != StepStatus::Failed || step.possibly_applied))
 }
 
 #[cfg(test)]

@@ -45,7 +45,8 @@ fn unknown(participant: &str, command: &Envelope) -> Error {
     Error::Invalid(format!("participant '{participant}' does not handle '{}'", command.message_type))
 }
 
-/// Reserves and releases stock for orders: all items or none.
+/// Reserves stock for orders (all items or none), releases it when the order is rejected,
+/// and settles it when the order is approved.
 pub struct InventoryParticipant {
     repo: Repository<Inventory>,
 }
@@ -80,10 +81,14 @@ impl CommandHandler for InventoryParticipant {
                 }
                 Ok(Effect::success(appends, json!({ "reserved": per_sku })))
             }
-            "ReleaseInventory" => {
+            "ReleaseInventory" | "SettleInventory" => {
                 for sku in per_sku.keys() {
-                    let release = InventoryCommand::Release { order_id: order_id.clone() };
-                    appends.extend(self.repo.decide(sku, &release).await?.append()?);
+                    let end = if command.message_type == "SettleInventory" {
+                        InventoryCommand::Settle { order_id: order_id.clone() }
+                    } else {
+                        InventoryCommand::Release { order_id: order_id.clone() }
+                    };
+                    appends.extend(self.repo.decide(sku, &end).await?.append()?);
                 }
                 Ok(Effect::success(appends, json!({})))
             }
@@ -129,7 +134,8 @@ impl CommandHandler for OrdersParticipant {
     }
 }
 
-/// Takes payment by reserving customer credit, and refunds it.
+/// Takes payment by reserving customer credit, refunds it when the order is rejected, and
+/// captures it when the order is approved.
 pub struct PaymentsParticipant {
     repo: Repository<CustomerCredit>,
 }
@@ -147,6 +153,7 @@ impl CommandHandler for PaymentsParticipant {
         let credit_command = match command.message_type.as_str() {
             "ProcessPayment" => CreditCommand::Reserve { order_id: input.order_id.clone(), amount: input.total },
             "RefundPayment" => CreditCommand::Refund { order_id: input.order_id.clone() },
+            "CapturePayment" => CreditCommand::Capture { order_id: input.order_id.clone() },
             _ => return Err(unknown(PAYMENTS, command)),
         };
         Ok(match self.repo.decide(&input.customer_id, &credit_command).await {
