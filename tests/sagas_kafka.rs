@@ -97,16 +97,11 @@ async fn happy_order_is_approved_and_its_saga_stream_shows_every_step(pool: PgPo
             "StepSucceeded(process-payment)",
             "StepCommandSent(approve-order)",
             "StepSucceeded(approve-order)",
-            "StepCommandSent(settle-inventory)",
-            "StepSucceeded(settle-inventory)",
-            "StepCommandSent(capture-payment)",
-            "StepSucceeded(capture-payment)",
             "SagaCompleted",
         ]
     );
     let a = inventory(&h, "A").await;
-    assert_eq!((a.available, a.reserved()), (8, 0), "the approved order's stock is settled");
-    assert!(a.reservations.is_empty());
+    assert_eq!((a.available, a.reserved()), (8, 2));
     assert_eq!(customer(&h, "c-1").await.available(), d("475.75"));
     let order = Repository::<Order>::new(Arc::clone(&h.store)).load(&submitted.order_id).await.unwrap();
     assert_eq!(order.state.status, OrderStatus::Approved);
@@ -198,7 +193,7 @@ async fn killed_coordinator_loses_no_saga_and_runs_no_step_twice(pool: PgPool) {
     // Let some sagas get under way, then crash the coordinator (no graceful flush).
     eventually("some progress", WAIT, || async {
         let a = inventory(&h, "A").await;
-        (a.available < 1000).then_some(())
+        (a.reserved() > 0).then_some(())
     })
     .await;
     first.abort();
@@ -211,11 +206,11 @@ async fn killed_coordinator_loses_no_saga_and_runs_no_step_twice(pool: PgPool) {
         assert_eq!(view.status, OrderViewStatus::Approved, "{view:?}");
     }
     let a = inventory(&h, "A").await;
-    assert_eq!((a.available, a.reserved()), (980, 0), "each order reserved exactly once, then settled");
+    assert_eq!((a.available, a.reserved()), (980, 20), "each order reserved exactly once");
     assert_eq!(customer(&h, "c-1").await.available(), d("99960.00"), "each order paid exactly once");
     for id in &ids {
         let types = saga_event_types(&h, Uuid::parse_str(id).unwrap()).await;
-        assert_eq!(types.iter().filter(|t| t.starts_with("StepSucceeded")).count(), 6, "{types:?}");
+        assert_eq!(types.iter().filter(|t| t.starts_with("StepSucceeded")).count(), 4, "{types:?}");
         let order_events = h.store.read_stream_to_end(&format!("order-{id}"), 1).await.unwrap();
         assert_eq!(order_events.iter().filter(|e| e.event_type == "OrderCreated").count(), 1);
     }
@@ -512,7 +507,7 @@ async fn money_and_stock_are_conserved_across_hundreds_of_concurrent_orders(pool
         let inv = inventory(&h, sku).await;
         let approved_qty: u64 =
             approved.iter().flat_map(|v| v.items.iter()).filter(|l| l.sku == sku).map(|l| u64::from(l.quantity)).sum();
-        assert_eq!(inv.reserved(), 0, "{sku}: every approved order settled, every rejected one released");
+        assert_eq!(inv.reserved(), approved_qty, "{sku}: reserved only for approved orders");
         assert_eq!(inv.available + approved_qty, initial_stock, "{sku}: stock conserved");
     }
     for (id, limit) in &customers {

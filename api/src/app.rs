@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
-use crate::routes::{aggregates, customers, definitions, health, inventory, orders, sagas, streams};
+use crate::routes::{aggregates, customers, definitions, health, inventory, orders, saga_actions, sagas, streams};
 use crate::state::AppState;
 
 /// Request bodies larger than this are refused with 413.
@@ -26,6 +26,9 @@ pub fn router(state: AppState) -> Router {
         .route("/sagas", post(sagas::start).get(sagas::list))
         .route("/sagas/{id}", get(sagas::get_saga))
         .route("/sagas/{id}/events", get(sagas::events))
+        .route("/sagas/{id}/retry", post(saga_actions::retry))
+        .route("/sagas/{id}/abort", post(saga_actions::abort))
+        .route("/sagas/{id}/steps/{step}/resolve", post(saga_actions::resolve))
         .route("/aggregates/{type}/{id}", get(aggregates::get_aggregate))
         .route("/streams/{id}/events", get(streams::read).post(streams::append))
         .route("/health/live", get(health::live))

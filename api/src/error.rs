@@ -75,7 +75,10 @@ fn engine_problem(err: &engine::Error) -> Problem {
     use engine::Error as E;
     match err {
         E::Store(e) => store_problem(e),
-        E::Rejected(_) | E::Invalid(_) => Problem {
+        E::ActionRefused(engine::operator_actions::ActionRefused::NotAllowed(_)) => {
+            Problem { status: StatusCode::CONFLICT, slug: "saga-state", detail: err.to_string(), extra: Value::Null }
+        }
+        E::Rejected(_) | E::Invalid(_) | E::ActionRefused(_) => Problem {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             slug: "invalid",
             detail: err.to_string(),

@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::routes::{aggregates, customers, definitions, health, inventory, orders, sagas, streams};
+use crate::routes::{aggregates, customers, definitions, health, inventory, orders, saga_actions, sagas, streams};
 
 /// Sagaflow's OpenAPI document, served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -23,6 +23,9 @@ use crate::routes::{aggregates, customers, definitions, health, inventory, order
         sagas::list,
         sagas::get_saga,
         sagas::events,
+        saga_actions::retry,
+        saga_actions::abort,
+        saga_actions::resolve,
         aggregates::get_aggregate,
         streams::read,
         streams::append,

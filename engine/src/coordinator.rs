@@ -22,6 +22,7 @@ use crate::definition::SagaDefinition;
 use crate::definition_registry::DefinitionRegistry;
 use crate::envelope::{Envelope, MessageKind, Outcome};
 use crate::error::{Error, Result};
+use crate::operator_actions::{Actor, OperatorAction};
 use crate::saga::{self, Failure, ReplyOutcome, SagaEvent, SagaState};
 use crate::topics::Topics;
 use crate::transport::Delivery;
@@ -274,6 +275,54 @@ impl Coordinator {
                     return Ok(());
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) => self.forget(saga_id),
+                Err(e) => {
+                    self.forget(saga_id);
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(Error::Contention { stream: saga_stream(saga_id), attempts: MAX_CONFLICT_RETRIES })
+    }
+
+    /// Applies an operator's action to saga `saga_id`, adding `extra` (an idempotency
+    /// record, say) to the same transaction. With `expected_version`, the saga must not
+    /// have changed since the operator looked at it.
+    pub async fn act(
+        &self,
+        saga_id: Uuid,
+        action: &OperatorAction,
+        actor: &Actor,
+        expected_version: Option<u64>,
+        extra: Commit,
+    ) -> Result<SagaView> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let view = self
+                .current(saga_id)
+                .await?
+                .ok_or_else(|| Error::NotFound { what: "saga", id: saga_id.to_string() })?;
+            if let Some(expected) = expected_version.filter(|v| *v != view.version) {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream: saga_stream(saga_id),
+                    expected: ExpectedVersion::Exact(expected),
+                    actual: Some(view.version),
+                }
+                .into());
+            }
+            let events = view.state.on_operator(action, actor, Utc::now())?;
+            let (commit, after) =
+                self.decision_commit(saga_id, &view.state, view.version, &events, None, extra.clone())?;
+            match self.store.commit(commit).await {
+                Ok(_) => {
+                    tracing::warn!(%saga_id, actor = %actor.name, reason = %actor.reason, ?action, "operator action");
+                    log_decision(saga_id, &view.state, &events);
+                    self.remember(saga_id, after.clone());
+                    return Ok(after);
+                }
+                // Someone else changed the saga: decide again on what it is now (and, with an
+                // expected version, refuse).
+                Err(StoreError::WrongExpectedVersion { stream, .. }) if stream == saga_stream(saga_id) => {
+                    self.forget(saga_id);
+                }
                 Err(e) => {
                     self.forget(saga_id);
                     return Err(e.into());

@@ -28,6 +28,9 @@ pub enum Error {
     Unpublishable { index: usize, reason: String },
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// An operator's action on a saga was refused.
+    #[error(transparent)]
+    ActionRefused(#[from] crate::operator_actions::ActionRefused),
     /// Input that breaks several rules; every one is listed.
     #[error("invalid {what}: {}", .problems.join("; "))]
     InvalidInput { what: &'static str, problems: Vec<String> },
@@ -48,6 +51,7 @@ impl Error {
             | Self::NotFound { .. }
             | Self::Unpublishable { .. }
             | Self::Invalid(_)
+            | Self::ActionRefused(_)
             | Self::InvalidInput { .. } => false,
         }
     }

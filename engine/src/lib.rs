@@ -10,6 +10,7 @@ pub mod definition;
 pub mod definition_registry;
 pub mod envelope;
 pub mod error;
+pub mod operator_actions;
 pub mod participant;
 pub mod relay;
 pub mod repository;

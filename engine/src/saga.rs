@@ -97,6 +97,39 @@ pub enum SagaEvent {
     SagaFailed {
         reason: String,
     },
+    /// An operator gave the step the saga failed on a new attempt (of its command, or of its
+    /// compensation when `phase` is compensation).
+    OperatorRetried {
+        step: String,
+        phase: Phase,
+        actor: String,
+        reason: String,
+    },
+    /// An operator settled a step's outcome by hand; a success's `output` joins the context.
+    OperatorResolved {
+        step: String,
+        outcome: Resolution,
+        #[serde(default)]
+        output: Value,
+        actor: String,
+        reason: String,
+    },
+    /// An operator aborted the running saga at `step`, which counts as failed.
+    OperatorAborted {
+        step: String,
+        actor: String,
+        reason: String,
+    },
+}
+
+/// How an operator settled a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The step took effect.
+    Succeeded,
+    /// The step's effect is undone, or never happened.
+    Compensated,
 }
 
 /// Where a saga stands.
@@ -277,11 +310,11 @@ impl SagaState {
         self.definition.as_ref().and_then(|d| d.step_index(name))
     }
 
-    fn step_def(&self, index: usize) -> Option<&StepDefinition> {
+    pub(crate) fn step_def(&self, index: usize) -> Option<&StepDefinition> {
         self.definition.as_ref().and_then(|d| d.steps.get(index))
     }
 
-    fn pivot(&self) -> Option<usize> {
+    pub(crate) fn pivot(&self) -> Option<usize> {
         self.definition.as_ref().and_then(SagaDefinition::pivot)
     }
 
@@ -358,6 +391,40 @@ impl SagaState {
             SagaEvent::SagaCompleted {} => self.finish(SagaStatus::Completed, None),
             SagaEvent::SagaCompensated { reason } => self.finish(SagaStatus::Compensated, Some(reason)),
             SagaEvent::SagaFailed { reason } => self.finish(SagaStatus::Failed, Some(reason)),
+            SagaEvent::OperatorRetried { phase, .. } => match phase {
+                Phase::Forward => {
+                    self.status = SagaStatus::Running;
+                    self.reason = None;
+                }
+                Phase::Compensation => self.status = SagaStatus::Compensating,
+            },
+            SagaEvent::OperatorResolved { step, outcome, output, .. } => {
+                match outcome {
+                    Resolution::Succeeded => {
+                        self.with_step(step, StepState::succeeded);
+                        if let (Value::Object(context), Value::Object(output)) = (&mut self.context, output) {
+                            context.extend(output.clone());
+                        }
+                        self.status = SagaStatus::Running;
+                    }
+                    Resolution::Compensated => {
+                        self.with_step(step, StepState::compensated);
+                        self.status = SagaStatus::Compensating;
+                    }
+                }
+                self.awaiting = None;
+                self.retry = None;
+            }
+            SagaEvent::OperatorAborted { step, .. } => {
+                // An attempt in flight may still land: the step counts as possibly applied.
+                let in_flight = self.awaiting.is_some();
+                self.with_step(step, |s| {
+                    s.failed();
+                    s.possibly_applied |= in_flight;
+                });
+                self.awaiting = None;
+                self.retry = None;
+            }
         }
     }
 
@@ -419,27 +486,27 @@ impl SagaState {
 }
 
 /// Builds the events of a decision while keeping a state that already includes them.
-struct Decision {
-    state: SagaState,
-    events: Vec<SagaEvent>,
+pub(crate) struct Decision {
+    pub(crate) state: SagaState,
+    pub(crate) events: Vec<SagaEvent>,
     now: DateTime<Utc>,
 }
 
 impl Decision {
-    fn new(state: &SagaState, now: DateTime<Utc>) -> Self {
+    pub(crate) fn new(state: &SagaState, now: DateTime<Utc>) -> Self {
         Self { state: state.clone(), events: Vec::new(), now }
     }
 
-    fn emit(&mut self, event: SagaEvent) {
+    pub(crate) fn emit(&mut self, event: SagaEvent) {
         self.state.apply(&event);
         self.events.push(event);
     }
 
-    fn name(&self, index: usize) -> String {
+    pub(crate) fn name(&self, index: usize) -> String {
         self.state.step_def(index).map(|s| s.name.clone()).unwrap_or_default()
     }
 
-    fn send(&mut self, index: usize, phase: Phase, attempt: u32) {
+    pub(crate) fn send(&mut self, index: usize, phase: Phase, attempt: u32) {
         let Some(def) = self.state.step_def(index) else { return };
         let saga_id = self.state.saga_id.unwrap_or_default();
         let step = def.name.clone();
@@ -463,7 +530,7 @@ impl Decision {
         true
     }
 
-    fn advance(&mut self, done: usize) {
+    pub(crate) fn advance(&mut self, done: usize) {
         if done + 1 < self.state.steps.len() {
             self.send(done + 1, Phase::Forward, 1);
         } else {
@@ -471,7 +538,7 @@ impl Decision {
         }
     }
 
-    fn begin_compensation(&mut self, failed: usize, reason: String) {
+    pub(crate) fn begin_compensation(&mut self, failed: usize, reason: String) {
         let pivot = self.state.pivot();
         let failed_is_pivot = pivot == Some(failed);
         if failed_is_pivot && self.state.steps.get(failed).is_some_and(|s| s.possibly_applied) {
@@ -499,7 +566,7 @@ impl Decision {
 
     /// Sends the compensation of the latest step below `below` that took (or may have
     /// taken) effect, or ends the saga as compensated.
-    fn compensate_below(&mut self, below: usize) {
+    pub(crate) fn compensate_below(&mut self, below: usize) {
         let next = (0..below.min(self.state.steps.len())).rev().find(|i| {
             let compensable = self.state.step_def(*i).is_some_and(|s| s.compensation.is_some());
             compensable && self.state.steps.get(*i).is_some_and(StepState::may_have_applied)
@@ -738,6 +805,117 @@ mod tests {
             SagaEvent::SagaCompleted {} => "SagaCompleted",
             SagaEvent::SagaCompensated { .. } => "SagaCompensated",
             SagaEvent::SagaFailed { .. } => "SagaFailed",
+            SagaEvent::OperatorRetried { .. } => "OperatorRetried",
+            SagaEvent::OperatorResolved { .. } => "OperatorResolved",
+            SagaEvent::OperatorAborted { .. } => "OperatorAborted",
+        }
+    }
+
+    fn by() -> crate::operator_actions::Actor {
+        crate::operator_actions::Actor { name: "ops@example".into(), reason: "fixed the cause".into() }
+    }
+
+    impl Saga {
+        fn operator(
+            &mut self,
+            action: &crate::operator_actions::OperatorAction,
+        ) -> Result<Vec<&'static str>, crate::operator_actions::ActionRefused> {
+            let events = self.state.on_operator(action, &by(), secs(100))?;
+            Ok(self.record(events))
+        }
+    }
+
+    mod operator_actions {
+        use super::*;
+        use crate::operator_actions::{ActionRefused, OperatorAction};
+
+        fn resolve(step: &str, outcome: Resolution, output: Value) -> OperatorAction {
+            OperatorAction::Resolve { step: step.into(), outcome, output }
+        }
+
+        /// a → pivot (timed out: outcome unknown) → FAILED.
+        fn unknown_pivot() -> Saga {
+            let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("pivot", None, 1), step("c", None, 1)]);
+            saga.ok(json!({}));
+            assert_eq!(saga.timer(5), ["StepTimedOut", "SagaFailed"]);
+            saga
+        }
+
+        #[test]
+        fn retry_gives_the_failed_step_a_new_attempt_and_the_saga_goes_on() {
+            let mut saga = unknown_pivot();
+            assert_eq!(saga.operator(&OperatorAction::Retry).unwrap(), ["OperatorRetried", "StepCommandSent"]);
+            assert_eq!((saga.state.status, saga.state.reason.as_deref()), (SagaStatus::Running, None));
+            assert_eq!(saga.pending_id(), "00000000-0000-0000-0000-000000000000/pivot/do/2");
+            assert_eq!(saga.ok(json!({})), ["StepSucceeded", "StepCommandSent"]);
+            assert_eq!(saga.ok(json!({})), ["StepSucceeded", "SagaCompleted"]);
+        }
+
+        #[test]
+        fn retry_of_a_compensation_that_gave_up_resumes_compensating() {
+            let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("b", Some("UndoB"), 1)]);
+            saga.ok(json!({}));
+            saga.fail("declined", false);
+            assert_eq!(saga.fail("db down", true), ["CompensationFailed", "SagaFailed"]);
+            assert_eq!(saga.operator(&OperatorAction::Retry).unwrap(), ["OperatorRetried", "CompensationSent"]);
+            assert_eq!(saga.state.status, SagaStatus::Compensating);
+            assert!(saga.pending_id().ends_with("/a/undo/2"), "{}", saga.pending_id());
+            assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
+        }
+
+        #[test]
+        fn an_unknown_pivot_resolved_as_succeeded_goes_forward_with_its_output() {
+            let mut saga = unknown_pivot();
+            let events = saga.operator(&resolve("pivot", Resolution::Succeeded, json!({"ref": "T-1"}))).unwrap();
+            assert_eq!(events, ["OperatorResolved", "StepCommandSent"]);
+            assert_eq!(saga.state.context["ref"], "T-1", "the output joins the context");
+            assert_eq!(saga.state.steps[1].status, StepStatus::Succeeded);
+            assert_eq!(saga.ok(json!({})), ["StepSucceeded", "SagaCompleted"]);
+        }
+
+        #[test]
+        fn an_unknown_pivot_resolved_as_compensated_undoes_the_steps_before_it() {
+            let mut saga = unknown_pivot();
+            let events = saga.operator(&resolve("pivot", Resolution::Compensated, Value::Null)).unwrap();
+            assert_eq!(events, ["OperatorResolved", "CompensationStarted", "CompensationSent"]);
+            assert!(saga.state.reason.as_deref().unwrap().contains("resolved as compensated by ops@example"));
+            assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
+        }
+
+        #[test]
+        fn abort_compensates_now_including_the_step_in_flight() {
+            let mut saga =
+                Saga::start(vec![step("a", Some("UndoA"), 1), step("b", Some("UndoB"), 1), step("p", None, 1)]);
+            saga.ok(json!({}));
+            let events = saga.operator(&OperatorAction::Abort).unwrap();
+            assert_eq!(events, ["OperatorAborted", "CompensationStarted", "CompensationSent"]);
+            assert!(saga.pending_id().ends_with("/b/undo/1"), "the in-flight step may land: undone first");
+            assert_eq!(saga.ok(json!({})), ["StepCompensated", "CompensationSent"]);
+            assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
+            assert!(saga.state.reason.as_deref().unwrap().starts_with("aborted by ops@example at step 'b'"));
+        }
+
+        #[test]
+        fn actions_that_the_state_does_not_allow_are_refused() {
+            let mut running = Saga::start(vec![step("a", Some("UndoA"), 1), step("p", None, 1), step("c", None, 1)]);
+            let not_allowed = |r: Result<Vec<&str>, ActionRefused>| matches!(r, Err(ActionRefused::NotAllowed(_)));
+            let invalid = |r: Result<Vec<&str>, ActionRefused>| matches!(r, Err(ActionRefused::Invalid(_)));
+            assert!(not_allowed(running.operator(&OperatorAction::Retry)), "only FAILED sagas are retried");
+            assert!(not_allowed(running.operator(&resolve("p", Resolution::Succeeded, Value::Null))), "not its step");
+            assert!(invalid(running.operator(&resolve("zz", Resolution::Succeeded, Value::Null))));
+            assert!(invalid(running.operator(&resolve("a", Resolution::Succeeded, json!([1])))));
+            running.ok(json!({}));
+            assert!(not_allowed(running.operator(&OperatorAction::Abort)), "the pivot is in flight");
+            running.ok(json!({}));
+            assert!(not_allowed(running.operator(&OperatorAction::Abort)), "past the pivot");
+            assert!(invalid(running.operator(&resolve("c", Resolution::Compensated, Value::Null))), "after the pivot");
+            running.ok(json!({}));
+            assert!(not_allowed(running.operator(&OperatorAction::Abort)), "completed");
+            let empty = crate::operator_actions::Actor { name: "x".into(), reason: " ".into() };
+            assert!(matches!(
+                unknown_pivot().state.on_operator(&OperatorAction::Retry, &empty, secs(0)),
+                Err(ActionRefused::Invalid(_))
+            ));
         }
     }
 

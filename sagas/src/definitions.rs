@@ -18,17 +18,8 @@ fn step(name: &str, participant: &str, command: &str, compensation: Option<&str>
     }
 }
 
-/// A step after the pivot: it cannot be undone, so it is retried for longer before an
-/// operator is needed.
-fn retriable(name: &str, participant: &str, command: &str) -> StepDefinition {
-    let retry = RetryPolicy { max_attempts: 10, initial_backoff_ms: 200, max_backoff_ms: 10_000, multiplier: 2 };
-    StepDefinition { retry, ..step(name, participant, command, None) }
-}
-
 /// reserve-inventory → create-order → process-payment, each with its compensation, then
-/// approve-order: the pivot, which approves the order. Then settle-inventory and
-/// capture-payment turn the approved order's reservations into spent stock and credit, so
-/// that Inventory and Credit keep only the reservations of orders in flight.
+/// approve-order: the pivot, which completes the saga by approving the order.
 pub fn order_fulfilment() -> SagaDefinition {
     SagaDefinition {
         name: ORDER_FULFILMENT.into(),
@@ -38,8 +29,6 @@ pub fn order_fulfilment() -> SagaDefinition {
             step("create-order", ORDERS, "CreateOrder", Some("CancelOrder")),
             step("process-payment", PAYMENTS, "ProcessPayment", Some("RefundPayment")),
             step("approve-order", ORDERS, "ApproveOrder", None),
-            retriable("settle-inventory", INVENTORY, "SettleInventory"),
-            retriable("capture-payment", PAYMENTS, "CapturePayment"),
         ],
     }
 }

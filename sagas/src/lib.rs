@@ -8,6 +8,7 @@ pub mod order;
 pub mod order_input;
 pub mod order_view;
 pub mod participants;
-pub mod recent_ids;
+pub mod payment;
+pub mod reservation;
 
 pub use definitions::order_fulfilment;

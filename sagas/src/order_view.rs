@@ -103,8 +103,7 @@ impl OrderService {
         let input: OrderInput = serde_json::from_value(saga.state.input.clone())
             .map_err(|e| Error::Invalid(format!("saga {saga_id} input is not an order: {e}")))?;
         let order = self.orders.load(order_id).await?;
-        // Terminal only once the saga is: a rejected order's stock is released by then, and an
-        // approved order's stock and payment are settled.
+        // Terminal only once the saga is: a rejected order's stock is released by then.
         let (status, reason) = match (saga.state.status, order.state.status) {
             // Approval is the pivot: once the order is approved it stays approved.
             (SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed, OrderStatus::Approved) => {

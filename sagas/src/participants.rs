@@ -15,6 +15,8 @@ use crate::credit::{CreditCommand, CustomerCredit};
 use crate::inventory::{Inventory, InventoryCommand};
 use crate::order::{Order, OrderCommand};
 use crate::order_input::OrderInput;
+use crate::payment::{Payment, PaymentCommand, PaymentEvent};
+use crate::reservation::{ReservationCommand, ReservationEvent, StockReservation};
 
 /// Participant names, as used in the built-in definition and topic names.
 pub const INVENTORY: &str = "inventory";
@@ -45,15 +47,17 @@ fn unknown(participant: &str, command: &Envelope) -> Error {
     Error::Invalid(format!("participant '{participant}' does not handle '{}'", command.message_type))
 }
 
-/// Reserves stock for orders (all items or none), releases it when the order is rejected,
-/// and settles it when the order is approved.
+/// Reserves and releases stock for orders: all items or none. The order's
+/// [`StockReservation`] decides whether to (once per order; a release wins over a late
+/// reserve) and is written in the same transaction as the SKUs' stock.
 pub struct InventoryParticipant {
-    repo: Repository<Inventory>,
+    stock: Repository<Inventory>,
+    reservations: Repository<StockReservation>,
 }
 
 impl InventoryParticipant {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { repo: repository(store) }
+        Self { stock: repository(Arc::clone(&store)), reservations: Repository::new(store).without_snapshots() }
     }
 }
 
@@ -66,34 +70,44 @@ impl CommandHandler for InventoryParticipant {
             *per_sku.entry(line.sku.clone()).or_default() += u64::from(line.quantity);
         }
         let order_id = input.order_id.clone();
-        let mut appends = Vec::new();
-        match command.message_type.as_str() {
-            "ReserveInventory" => {
-                for (sku, quantity) in &per_sku {
-                    let reserve = InventoryCommand::Reserve { order_id: order_id.clone(), quantity: *quantity };
-                    match self.repo.decide(sku, &reserve).await {
-                        Ok(decided) => appends.extend(decided.append()?),
-                        Err(Error::Rejected(reason)) => {
-                            return Ok(Effect::refused(format!("insufficient stock for SKU {sku}: {reason}")))
+        let reservation = match command.message_type.as_str() {
+            "ReserveInventory" => ReservationCommand::Reserve { items: per_sku.clone() },
+            "ReleaseInventory" => ReservationCommand::Release,
+            _ => return Err(unknown(INVENTORY, command)),
+        };
+        let decided = match self.reservations.decide(&order_id, &reservation).await {
+            Ok(decided) => decided,
+            Err(Error::Rejected(reason)) => return Ok(Effect::refused(reason)),
+            Err(other) => return Err(other),
+        };
+        let mut appends: Vec<_> = decided.append()?.into_iter().collect();
+        for event in &decided.events {
+            match event {
+                ReservationEvent::StockReservationMade { items } => {
+                    for (sku, quantity) in items {
+                        let take = InventoryCommand::Reserve { order_id: order_id.clone(), quantity: *quantity };
+                        match self.stock.decide(sku, &take).await {
+                            Ok(decided) => appends.extend(decided.append()?),
+                            Err(Error::Rejected(reason)) => {
+                                return Ok(Effect::refused(format!("insufficient stock for SKU {sku}: {reason}")))
+                            }
+                            Err(other) => return Err(other),
                         }
-                        Err(other) => return Err(other),
                     }
                 }
-                Ok(Effect::success(appends, json!({ "reserved": per_sku })))
-            }
-            "ReleaseInventory" | "SettleInventory" => {
-                for sku in per_sku.keys() {
-                    let end = if command.message_type == "SettleInventory" {
-                        InventoryCommand::Settle { order_id: order_id.clone() }
-                    } else {
-                        InventoryCommand::Release { order_id: order_id.clone() }
-                    };
-                    appends.extend(self.repo.decide(sku, &end).await?.append()?);
+                ReservationEvent::StockReservationReleased { items } => {
+                    for (sku, quantity) in items {
+                        let give_back = InventoryCommand::Release { order_id: order_id.clone(), quantity: *quantity };
+                        appends.extend(self.stock.decide(sku, &give_back).await?.append()?);
+                    }
                 }
-                Ok(Effect::success(appends, json!({})))
             }
-            _ => Err(unknown(INVENTORY, command)),
         }
+        let output = match reservation {
+            ReservationCommand::Reserve { .. } => json!({ "reserved": per_sku }),
+            ReservationCommand::Release => json!({}),
+        };
+        Ok(Effect::success(appends, output))
     }
 }
 
@@ -134,15 +148,17 @@ impl CommandHandler for OrdersParticipant {
     }
 }
 
-/// Takes payment by reserving customer credit, refunds it when the order is rejected, and
-/// captures it when the order is approved.
+/// Takes payment by reserving customer credit, and refunds it. The order's [`Payment`]
+/// decides whether to (once per order; a refund wins over a late payment) and is written in
+/// the same transaction as the account.
 pub struct PaymentsParticipant {
-    repo: Repository<CustomerCredit>,
+    accounts: Repository<CustomerCredit>,
+    payments: Repository<Payment>,
 }
 
 impl PaymentsParticipant {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { repo: repository(store) }
+        Self { accounts: repository(Arc::clone(&store)), payments: Repository::new(store).without_snapshots() }
     }
 }
 
@@ -150,17 +166,35 @@ impl PaymentsParticipant {
 impl CommandHandler for PaymentsParticipant {
     async fn decide(&self, command: &Envelope) -> Result<Effect> {
         let input = order_input(command)?;
-        let credit_command = match command.message_type.as_str() {
-            "ProcessPayment" => CreditCommand::Reserve { order_id: input.order_id.clone(), amount: input.total },
-            "RefundPayment" => CreditCommand::Refund { order_id: input.order_id.clone() },
-            "CapturePayment" => CreditCommand::Capture { order_id: input.order_id.clone() },
+        let customer_id = input.customer_id.clone();
+        let payment = match command.message_type.as_str() {
+            "ProcessPayment" => PaymentCommand::Take { customer_id: customer_id.clone(), amount: input.total },
+            "RefundPayment" => PaymentCommand::Refund { customer_id: customer_id.clone() },
             _ => return Err(unknown(PAYMENTS, command)),
         };
-        Ok(match self.repo.decide(&input.customer_id, &credit_command).await {
-            Ok(decided) => Effect::success(decided.append()?.into_iter().collect(), json!({ "paid": input.total })),
-            Err(Error::Rejected(reason)) => Effect::refused(format!("payment declined: {reason}")),
+        let decided = match self.payments.decide(&input.order_id, &payment).await {
+            Ok(decided) => decided,
+            Err(Error::Rejected(reason)) => return Ok(Effect::refused(format!("payment declined: {reason}"))),
             Err(other) => return Err(other),
-        })
+        };
+        let mut appends: Vec<_> = decided.append()?.into_iter().collect();
+        for event in &decided.events {
+            let (account, credit) = match event {
+                PaymentEvent::PaymentTaken { customer_id, amount } => {
+                    (customer_id, CreditCommand::Reserve { order_id: input.order_id.clone(), amount: *amount })
+                }
+                PaymentEvent::PaymentRefunded { amount, .. } if amount.is_zero() => continue,
+                PaymentEvent::PaymentRefunded { customer_id, amount } => {
+                    (customer_id, CreditCommand::Refund { order_id: input.order_id.clone(), amount: *amount })
+                }
+            };
+            match self.accounts.decide(account, &credit).await {
+                Ok(decided) => appends.extend(decided.append()?),
+                Err(Error::Rejected(reason)) => return Ok(Effect::refused(format!("payment declined: {reason}"))),
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(Effect::success(appends, json!({ "paid": input.total })))
     }
 }
 

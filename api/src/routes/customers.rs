@@ -33,10 +33,6 @@ pub struct CreditResponse {
     #[serde(with = "rust_decimal::serde::str")]
     #[schema(value_type = String, example = "475.75")]
     pub available: Decimal,
-    /// Taken by approved orders.
-    #[serde(with = "rust_decimal::serde::str")]
-    #[schema(value_type = String, example = "24.25")]
-    pub spent: Decimal,
     pub version: u64,
 }
 
@@ -45,7 +41,6 @@ fn response(loaded: &Loaded<CustomerCredit>) -> CreditResponse {
         customer_id: loaded.id.clone(),
         limit: loaded.state.limit.unwrap_or_default(),
         available: loaded.state.available(),
-        spent: loaded.state.spent,
         version: loaded.version,
     }
 }

@@ -4,16 +4,16 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use event_store::{Commit, ExpectedVersion, NewEvent};
+use event_store::Commit;
 use sagas::order_input::NewOrder;
 use sagas::order_view::{OrderView, OrderViewStatus};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::idempotency;
 use crate::state::AppState;
 use crate::wait::{until_saga_terminal, WaitQuery};
 
@@ -25,31 +25,11 @@ pub struct SubmitResponse {
     pub status: OrderViewStatus,
 }
 
-const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-
-#[derive(Debug, Serialize, Deserialize)]
-struct IdempotencyRecord {
-    fingerprint: String,
-    response: SubmitResponse,
-}
-
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else { return Ok(None) };
-    let key = value.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
-    if key.is_empty() || key.len() > 200 || !key.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(ApiError::BadRequest("Idempotency-Key must be 1-200 visible ASCII characters".into()));
-    }
-    Ok(Some(key.to_owned()))
-}
+type IdempotencyRecord = idempotency::Record<SubmitResponse>;
 
 fn accepted(response: &SubmitResponse) -> Response {
     let location = format!("/orders/{}", response.order_id);
     (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(response.clone())).into_response()
-}
-
-async fn stored_record(state: &AppState, stream: &str) -> ApiResult<Option<IdempotencyRecord>> {
-    let events = state.store.read_stream(stream, 1, 1).await?;
-    Ok(events.first().and_then(|e| serde_json::from_value(e.data.clone()).ok()))
 }
 
 /// What identifies an order body under an `Idempotency-Key`: the order serialized (serde
@@ -94,23 +74,26 @@ pub async fn submit(
 ) -> ApiResult<Response> {
     let saga_id = Uuid::now_v7();
     let response = SubmitResponse { order_id: saga_id.to_string(), saga_id, status: OrderViewStatus::Pending };
-    let Some(key) = idempotency_key(&headers)? else {
+    let Some(key) = idempotency::key(&headers)? else {
         state.orders.submit_with(order, saga_id, Commit::default()).await?;
         return Ok(accepted(&response));
     };
     let stream = format!("idempotency-orders-{key}");
     let fingerprint = fingerprint(&order)?;
-    if let Some(record) = stored_record(&state, &stream).await? {
+    if let Some(record) = idempotency::stored(state.store.as_ref(), &stream).await? {
         return replay(record, &fingerprint);
     }
-    let record = json!({ "fingerprint": fingerprint, "response": response });
-    let claim =
-        Commit::append(stream.clone(), ExpectedVersion::NoStream, vec![NewEvent::new("RequestAccepted", record)]);
+    let claim = idempotency::claim(
+        &stream,
+        &IdempotencyRecord { fingerprint: fingerprint.clone(), response: response.clone() },
+    )?;
     match state.orders.submit_with(order, saga_id, claim).await {
         Ok(_) => Ok(accepted(&response)),
         // A concurrent request with the same key won; nothing of ours was written.
-        Err(engine::Error::Store(event_store::Error::WrongExpectedVersion { stream: s, .. })) if s == stream => {
-            let record = stored_record(&state, &stream).await?.ok_or_else(|| ApiError::Unavailable("retry".into()))?;
+        Err(e) if idempotency::lost_race(&e, &stream) => {
+            let record = idempotency::stored(state.store.as_ref(), &stream)
+                .await?
+                .ok_or_else(|| ApiError::Unavailable("retry".into()))?;
             replay(record, &fingerprint)
         }
         Err(e) => Err(e.into()),
@@ -142,6 +125,7 @@ pub async fn get_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn order(price: &str) -> NewOrder {
         serde_json::from_value(
