@@ -137,6 +137,27 @@ mod routes {
         assert!(names.contains(&"reserve-only") && names.contains(&"order-fulfilment"), "{names:?}");
         let (status, latest) = s.call(Method::GET, "/saga-definitions/reserve-only", None).await;
         assert_eq!((status, latest["version"].clone()), (200, json!(2)));
+        // A dry run validates and shows what version 3 would change, registering nothing.
+        let mut next = latest.clone();
+        next["steps"][0]["timeout_ms"] = json!(9_000);
+        next["steps"].as_array_mut().unwrap().push(
+            json!({ "name": "pay", "participant": "payments", "command": "ProcessPayment", "compensation": "RefundPayment" }),
+        );
+        let (status, dry) = s.call(Method::POST, "/saga-definitions?dry_run=true", Some(next)).await;
+        assert_eq!(
+            (status, dry["definition"]["version"].clone(), dry["previous_version"].clone()),
+            (200, json!(3), json!(2)),
+            "{dry}"
+        );
+        assert_eq!(dry["changes"]["added"], json!(["pay"]));
+        assert_eq!(dry["changes"]["changed"][0]["fields"], json!(["timeout_ms"]), "{dry}");
+        assert_eq!(
+            s.call(Method::GET, "/saga-definitions/reserve-only/versions/3", None).await.0,
+            404,
+            "nothing registered"
+        );
+        let bad = json!({ "name": "reserve-only", "steps": [] });
+        assert_eq!(s.call(Method::POST, "/saga-definitions?dry_run=true", Some(bad)).await.0, 422);
         assert_eq!(latest["steps"][0]["retry"]["initial_backoff_ms"], 200, "defaults filled in");
         assert_eq!(s.call(Method::GET, "/saga-definitions/reserve-only/versions/1", None).await.0, 200);
         assert_eq!(s.call(Method::GET, "/saga-definitions/reserve-only/versions/3", None).await.0, 404);

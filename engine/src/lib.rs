@@ -7,6 +7,7 @@ pub mod consumer_loop;
 pub mod coordinator;
 pub mod dead_letter;
 pub mod definition;
+pub mod definition_diff;
 pub mod definition_registry;
 pub mod envelope;
 pub mod error;

@@ -1,0 +1,106 @@
+//! What changes between two versions of a saga definition, step by step.
+
+use serde::{Deserialize, Serialize};
+
+use crate::definition::{SagaDefinition, StepDefinition};
+
+/// The differences of a definition from an earlier version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DefinitionDiff {
+    /// Steps only the new version has.
+    pub added: Vec<String>,
+    /// Steps only the old version has.
+    pub removed: Vec<String>,
+    /// Steps both have, with the fields that differ (`position` when it moved).
+    pub changed: Vec<StepChange>,
+}
+
+/// One step present in both versions that differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StepChange {
+    pub step: String,
+    pub fields: Vec<String>,
+}
+
+impl DefinitionDiff {
+    /// The differences of `new` from `old`; every step is added when there is no `old`.
+    pub fn between(old: Option<&SagaDefinition>, new: &SagaDefinition) -> Self {
+        let old_steps = old.map(|d| d.steps.as_slice()).unwrap_or_default();
+        let find = |steps: &[StepDefinition], name: &str| steps.iter().position(|s| s.name == name);
+        let mut diff = Self::default();
+        for (at, step) in new.steps.iter().enumerate() {
+            let Some(was_at) = find(old_steps, &step.name) else {
+                diff.added.push(step.name.clone());
+                continue;
+            };
+            let was = &old_steps[was_at];
+            let mut fields = Vec::new();
+            if was_at != at {
+                fields.push("position");
+            }
+            if was.participant != step.participant {
+                fields.push("participant");
+            }
+            if was.command != step.command {
+                fields.push("command");
+            }
+            if was.compensation != step.compensation {
+                fields.push("compensation");
+            }
+            if was.timeout_ms != step.timeout_ms {
+                fields.push("timeout_ms");
+            }
+            if was.retry != step.retry {
+                fields.push("retry");
+            }
+            if !fields.is_empty() {
+                diff.changed
+                    .push(StepChange { step: step.name.clone(), fields: fields.into_iter().map(Into::into).collect() });
+            }
+        }
+        diff.removed =
+            old_steps.iter().filter(|s| find(&new.steps, &s.name).is_none()).map(|s| s.name.clone()).collect();
+        diff
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::RetryPolicy;
+
+    fn step(name: &str, command: &str) -> StepDefinition {
+        StepDefinition {
+            name: name.into(),
+            participant: "p".into(),
+            command: command.into(),
+            compensation: Some("Undo".into()),
+            timeout_ms: 1_000,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn lists_added_removed_and_changed_steps() {
+        let old = SagaDefinition {
+            name: "s".into(),
+            version: 1,
+            steps: vec![step("a", "A"), step("b", "B"), step("c", "C")],
+        };
+        let mut slower = step("c", "C");
+        slower.timeout_ms = 5_000;
+        let new = SagaDefinition { name: "s".into(), version: 0, steps: vec![step("a", "A2"), slower, step("d", "D")] };
+        let diff = DefinitionDiff::between(Some(&old), &new);
+        assert_eq!(diff.added, ["d"]);
+        assert_eq!(diff.removed, ["b"]);
+        assert_eq!(
+            diff.changed,
+            [
+                StepChange { step: "a".into(), fields: vec!["command".into()] },
+                StepChange { step: "c".into(), fields: vec!["position".into(), "timeout_ms".into()] },
+            ]
+        );
+        assert_eq!(DefinitionDiff::between(None, &new).added, ["a", "c", "d"]);
+        assert_eq!(DefinitionDiff::between(Some(&old), &old), DefinitionDiff::default());
+    }
+}
