@@ -104,9 +104,15 @@ impl InFlight {
     }
 
     /// Takes a new message; returns it when it can be handled now (no other of its key is).
+    /// A message delivered again while this consumer still holds it (a rebalance delivers
+    /// from the committed offset) is dropped: the copy held will be handled and committed.
     fn receive(&mut self, delivery: Delivery) -> Option<Delivery> {
+        let offsets = self.partitions.entry((delivery.topic.clone(), delivery.partition)).or_default();
+        match offsets.entry(delivery.offset) {
+            std::collections::btree_map::Entry::Occupied(_) => return None,
+            std::collections::btree_map::Entry::Vacant(slot) => slot.insert(None),
+        };
         self.received += 1;
-        self.partitions.entry((delivery.topic.clone(), delivery.partition)).or_default().insert(delivery.offset, None);
         match self.keys.entry(Self::key_of(&delivery)) {
             std::collections::hash_map::Entry::Occupied(mut waiting) => {
                 waiting.get_mut().push_back(delivery);
@@ -322,5 +328,23 @@ mod tests {
         task.await.unwrap();
         assert_eq!(*handler.handled.lock().unwrap(), [1, 3, 0, 2], "a's messages in their order");
         assert_eq!(*committed.lock().unwrap(), [1, 3], "each commit covers a durable prefix");
+    }
+
+    #[test]
+    fn a_message_delivered_again_while_its_partition_waits_is_counted_once() {
+        // After a rebalance the broker delivers again from the committed offset, including
+        // messages this consumer still holds; the window must not leak a slot for them.
+        let keyed = |offset, key: &str| Delivery { key: Some(key.into()), ..delivery(offset, b"ok") };
+        let mut work = InFlight::default();
+        let first = work.receive(keyed(0, "a")).unwrap();
+        let second = work.receive(keyed(1, "b")).unwrap();
+        assert_eq!(work.finish(second).1, None, "offset 1 waits behind offset 0");
+        if let Some(again) = work.receive(keyed(1, "b")) {
+            work.finish(again);
+        }
+        let (_, committable) = work.finish(first);
+        assert_eq!(committable.map(|d| d.offset), Some(1));
+        assert_eq!(work.received, 0, "every slot of the window is free again");
+        assert!(work.partitions.values().all(BTreeMap::is_empty));
     }
 }

@@ -110,15 +110,17 @@ pub async fn get_order(
 ) -> ApiResult<Json<OrderView>> {
     let wait = query.duration()?;
     let not_found = || ApiError::NotFound(format!("no order '{id}'"));
-    let view = state.orders.view(&id).await?.ok_or_else(not_found)?;
+    // An order's id is its saga's id.
+    let saga_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let mut saga = state.coordinator.load(saga_id).await?.ok_or_else(not_found)?;
+    let view = state.orders.view_of(&id, saga_id, &saga).await?.ok_or_else(not_found)?;
     if view.status.is_terminal() || wait.is_zero() {
         return Ok(Json(view));
     }
-    // An order is terminal only once its saga is: follow the saga's stream cheaply (its new
-    // events only), then build the order's view from the saga as followed.
-    let mut saga = engine::coordinator::SagaView::default();
-    until_saga_terminal(state.store.as_ref(), &state.coordinator, view.saga_id, &mut saga, wait).await?;
-    let view = state.orders.view_of(&id, view.saga_id, &saga).await?.ok_or_else(not_found)?;
+    // An order is terminal only once its saga is: follow the saga from where it was read
+    // (its new events only), then build the order's view from the saga as followed.
+    until_saga_terminal(state.store.as_ref(), &state.coordinator, saga_id, &mut saga, wait).await?;
+    let view = state.orders.view_of(&id, saga_id, &saga).await?.ok_or_else(not_found)?;
     Ok(Json(view))
 }
 
