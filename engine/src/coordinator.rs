@@ -296,10 +296,10 @@ impl Coordinator {
         extra: Commit,
     ) -> Result<SagaView> {
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let view = self
-                .current(saga_id)
-                .await?
-                .ok_or_else(|| Error::NotFound { what: "saga", id: saga_id.to_string() })?;
+            // Read from the store, not this process's cache: another process may have moved
+            // the saga on, and a refusal, unlike a decision, is never checked at commit.
+            let view =
+                self.load(saga_id).await?.ok_or_else(|| Error::NotFound { what: "saga", id: saga_id.to_string() })?;
             if let Some(expected) = expected_version.filter(|v| *v != view.version) {
                 return Err(StoreError::WrongExpectedVersion {
                     stream: saga_stream(saga_id),
@@ -446,5 +446,42 @@ impl MessageHandler for ReplyHandler {
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
         self.0.dead_letter(delivery, reason).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{RetryPolicy, StepDefinition};
+    use crate::operator_actions::{ActionRefused, Actor, OperatorAction};
+    use event_store::memory::MemoryEventStore;
+
+    #[tokio::test]
+    async fn an_operator_action_decides_on_the_saga_as_stored_not_as_this_process_last_saw_it() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        let registry = Arc::new(DefinitionRegistry::new(Arc::clone(&store)));
+        let step = StepDefinition {
+            name: "pivot".into(),
+            participant: "p".into(),
+            command: "Do".into(),
+            compensation: None,
+            timeout_ms: 10,
+            retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
+        };
+        registry.register(SagaDefinition { name: "one".into(), version: 0, steps: vec![step] }).await.unwrap();
+        // Two coordinators over one store, as two processes: the API's started the saga (and
+        // keeps it in memory); the other one's timer failed it.
+        let api = Coordinator::new(Arc::clone(&store), Arc::clone(&registry), Topics::new("t"));
+        let worker = Coordinator::new(Arc::clone(&store), registry, Topics::new("t"));
+        let saga_id = api.start("one", None, json!({}), None).await.unwrap();
+        worker.fire_timer(&saga_id.to_string(), Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+        assert_eq!(worker.load(saga_id).await.unwrap().unwrap().state.status, saga::SagaStatus::Failed);
+
+        let actor = Actor { name: "ops".into(), reason: "carrier is back".into() };
+        let retried = api.act(saga_id, &OperatorAction::Retry, &actor, None, Commit::default()).await;
+        let view = retried.expect("a FAILED saga can be retried");
+        assert_eq!(view.state.status, saga::SagaStatus::Running);
+        let stale = api.act(saga_id, &OperatorAction::Retry, &actor, None, Commit::default()).await;
+        assert!(matches!(stale, Err(Error::ActionRefused(ActionRefused::NotAllowed(_)))), "{stale:?}");
     }
 }
