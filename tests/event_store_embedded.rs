@@ -49,3 +49,38 @@ on_sqlite_and_memory!(
     timers_are_stored_replaced_and_cancelled_with_commits,
     streams_are_listed_by_prefix,
 );
+
+/// A caller that goes away mid-commit (a dropped HTTP request, a consumer shutting down)
+/// must not fail the commits that were queued to be written in the same group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_caller_goes_away_fails_no_other_commit() {
+    use event_store::{Commit, ExpectedVersion, NewEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteEventStore::open(dir.path()).await.unwrap());
+    for round in 0..30 {
+        let mut kept = Vec::new();
+        for i in 0..32 {
+            let store = Arc::clone(&store);
+            let commit = Commit::append(
+                format!("s-{round}-{i}"),
+                ExpectedVersion::NoStream,
+                vec![NewEvent::new("E", serde_json::json!({ "i": i }))],
+            );
+            let task = tokio::spawn(async move {
+                if i % 2 == 0 {
+                    // Goes away at once, possibly while it writes the group it leads.
+                    let _ = tokio::time::timeout(std::time::Duration::from_micros(50), store.commit(commit)).await;
+                    None
+                } else {
+                    Some(store.commit(commit).await)
+                }
+            });
+            kept.push(task);
+        }
+        for task in kept {
+            if let Some(result) = task.await.unwrap() {
+                assert!(result.is_ok(), "round {round}: a commit failed with its neighbour: {result:?}");
+            }
+        }
+    }
+}

@@ -45,8 +45,16 @@ pub struct SqliteEventStore {
 
 /// A commit waiting for the writer.
 struct Queued {
-    commit: Commit,
+    commit: Arc<Commit>,
     done: oneshot::Sender<Result<CommitResult>>,
+}
+
+/// The writer's side of the store: what draining the queue needs, owned, so that it runs in
+/// a task of its own.
+struct GroupWriter {
+    pool: SqlitePool,
+    write: Arc<Mutex<()>>,
+    queue: Arc<std::sync::Mutex<Vec<Queued>>>,
 }
 
 /// At most this many commits share one transaction.
@@ -168,30 +176,38 @@ impl SqliteEventStore {
         Ok(result)
     }
 
-    /// Queues `commit` for the writer and, when this caller gets the write lock first,
-    /// writes everything queued as one group.
-    async fn commit_tx(&self, commit: &Commit) -> Result<CommitResult> {
+    /// Queues `commit` for the writer and waits for its outcome. The writing runs in a task
+    /// of its own: the first to get the write lock writes everything queued as one group,
+    /// and a caller that goes away takes no one else's commit with it.
+    async fn commit_tx(&self, commit: Arc<Commit>) -> Result<CommitResult> {
         let (done, result) = oneshot::channel();
-        self.lock_queue().push(Queued { commit: commit.clone(), done });
-        {
-            let _writer = self.write.lock().await;
-            loop {
-                let group: Vec<Queued> = {
-                    let mut queue = self.lock_queue();
-                    let n = queue.len().min(MAX_GROUP);
-                    queue.drain(..n).collect()
-                };
-                if group.is_empty() {
-                    break;
-                }
-                self.write_group(group).await;
-            }
-        }
+        lock_queue(&self.queue).push(Queued { commit, done });
+        let writer =
+            GroupWriter { pool: self.pool.clone(), write: Arc::clone(&self.write), queue: Arc::clone(&self.queue) };
+        tokio::spawn(writer.drain());
         result.await.map_err(|_| Error::Invalid("the commit was dropped by the writer".into()))?
     }
+}
 
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
-        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock_queue(queue: &std::sync::Mutex<Vec<Queued>>) -> std::sync::MutexGuard<'_, Vec<Queued>> {
+    queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl GroupWriter {
+    /// Writes what is queued, a group at a time, as the single writer.
+    async fn drain(self) {
+        let _writer = self.write.lock().await;
+        loop {
+            let group: Vec<Queued> = {
+                let mut queue = lock_queue(&self.queue);
+                let n = queue.len().min(MAX_GROUP);
+                queue.drain(..n).collect()
+            };
+            if group.is_empty() {
+                break;
+            }
+            self.write_group(group).await;
+        }
     }
 
     /// Writes a group in one transaction, each commit in a savepoint. When the transaction
@@ -246,7 +262,7 @@ impl SqliteEventStore {
     async fn write_one(tx: &mut Transaction<'_, Sqlite>, commit: &Commit) -> Result<CommitResult> {
         let mut results = Vec::with_capacity(commit.appends.len());
         for append in &commit.appends {
-            results.push(Self::append_one(tx, append).await?);
+            results.push(SqliteEventStore::append_one(tx, append).await?);
         }
         if let Some(processed) = &commit.processed {
             let inserted = sqlx::query(
@@ -322,7 +338,8 @@ impl SqliteEventStore {
 #[async_trait]
 impl EventStore for SqliteEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
-        run_commit("sqlite", &self.signals, &commit, self.commit_tx(&commit)).await
+        let commit = Arc::new(commit);
+        run_commit("sqlite", &self.signals, &commit, self.commit_tx(Arc::clone(&commit))).await
     }
 
     async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
