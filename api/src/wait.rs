@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use engine::coordinator::{saga_stream, Coordinator, SagaView};
-use event_store::EventStore;
+use event_store::{EventStore, StreamWatch};
 use serde::Deserialize;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
@@ -46,18 +47,23 @@ pub async fn until_saga_terminal(
     view: &mut SagaView,
     wait: Duration,
 ) -> ApiResult<()> {
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = Instant::now() + wait;
     let mut changes = store.stream_changes(&saga_stream(saga_id));
     loop {
         changes.mark_seen();
         coordinator.refresh(saga_id, view).await?;
-        if view.state.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+        if view.state.status.is_terminal() || Instant::now() >= deadline {
             return Ok(());
         }
-        tokio::select! {
-            () = changes.changed() => {}
-            () = tokio::time::sleep(BACKSTOP) => {}
-            () = tokio::time::sleep_until(deadline) => {}
-        }
+        next_change(&mut changes, deadline).await;
+    }
+}
+
+/// Waits for the next commit to the watched stream, the backstop, or the deadline.
+pub async fn next_change(changes: &mut StreamWatch, deadline: Instant) {
+    tokio::select! {
+        () = changes.changed() => {}
+        () = tokio::time::sleep(BACKSTOP) => {}
+        () = tokio::time::sleep_until(deadline) => {}
     }
 }

@@ -4,7 +4,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use engine::aggregate::stream_id;
 use event_store::Commit;
+use sagas::order::Order;
 use sagas::order_input::NewOrder;
 use sagas::order_view::{OrderView, OrderViewStatus};
 use serde::{Deserialize, Serialize};
@@ -15,7 +17,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::idempotency;
 use crate::state::AppState;
-use crate::wait::{until_saga_terminal, WaitQuery};
+use crate::wait::{next_change, until_saga_terminal, WaitQuery};
 
 /// The answer to a submitted order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -118,10 +120,21 @@ pub async fn get_order(
         return Ok(Json(view));
     }
     // An order is terminal only once its saga is: follow the saga from where it was read
-    // (its new events only), then build the order's view from the saga as followed.
-    until_saga_terminal(state.store.as_ref(), &state.coordinator, saga_id, &mut saga, wait).await?;
-    let view = state.orders.view_of(&id, saga_id, &saga).await?.ok_or_else(not_found)?;
-    Ok(Json(view))
+    // (its new events only), then build the order's view from the saga as followed. A saga
+    // that ended without a final answer (the approval's outcome is unknown) leaves the order
+    // to a late approval, which lands on the order's own stream: follow that one then.
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut order_changes = state.store.stream_changes(&stream_id::<Order>(&id));
+    loop {
+        order_changes.mark_seen();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        until_saga_terminal(state.store.as_ref(), &state.coordinator, saga_id, &mut saga, left).await?;
+        let view = state.orders.view_of(&id, saga_id, &saga).await?.ok_or_else(not_found)?;
+        if view.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(view));
+        }
+        next_change(&mut order_changes, deadline).await;
+    }
 }
 
 #[cfg(test)]
@@ -150,5 +163,69 @@ mod tests {
         assert!(same_request(&old, &fingerprint(&order("10.500")).unwrap()));
         assert!(!same_request(&old, &fingerprint(&order("10.51")).unwrap()));
         assert!(!same_request("not an order", &fingerprint(&order("10.50")).unwrap()));
+    }
+
+    /// An order whose approval timed out (its saga FAILED, the outcome unknown) is not final:
+    /// a long poll holds until the late approval lands, instead of answering at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_poll_on_an_unknown_outcome_waits_for_the_late_approval() {
+        use engine::codec::encode;
+        use engine::coordinator::{saga_stream, Coordinator};
+        use engine::definition_registry::DefinitionRegistry;
+        use engine::saga::SagaEvent;
+        use engine::topics::Topics;
+        use engine::transport::in_process::InProcessTransport;
+        use engine::Repository;
+        use event_store::memory::MemoryEventStore;
+        use event_store::{EventStore, EventStoreExt, ExpectedVersion};
+        use sagas::order::{Order, OrderCommand};
+        use sagas::order_view::OrderService;
+        use std::sync::Arc;
+
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        let registry = Arc::new(DefinitionRegistry::new(Arc::clone(&store)));
+        registry.ensure(sagas::order_fulfilment()).await.unwrap();
+        let coordinator = Arc::new(Coordinator::new(Arc::clone(&store), registry, Topics::new("t")));
+        let orders = Arc::new(OrderService::new(Arc::clone(&coordinator), Arc::clone(&store)));
+        let state = AppState {
+            store: Arc::clone(&store),
+            transport: Arc::new(InProcessTransport::new()),
+            coordinator,
+            orders: Arc::clone(&orders),
+            metrics: crate::metrics::recorder(),
+        };
+        let submitted = orders.submit(order("2.00")).await.unwrap();
+        let id = submitted.order_id.clone();
+        let aggregates = Repository::<Order>::new(Arc::clone(&store));
+        let create = OrderCommand::Create { customer_id: "c-1".into(), items: vec![], total: 4.into() };
+        aggregates.execute(&id, &create).await.unwrap();
+        let stream = saga_stream(submitted.saga_id);
+        let message_id = format!("{}/approve-order/do/1", submitted.saga_id);
+        let step = "approve-order".to_owned();
+        let events = [
+            SagaEvent::StepCommandSent {
+                step: step.clone(),
+                attempt: 1,
+                message_id: message_id.clone(),
+                deadline: chrono::Utc::now(),
+            },
+            SagaEvent::StepTimedOut { step, attempt: 1, message_id },
+            SagaEvent::SagaFailed { reason: "pivot step 'approve-order' timed out".into() },
+        ];
+        let version = store.stream_version(&stream).await.unwrap();
+        let events = events.iter().map(|e| encode(e).unwrap()).collect();
+        store.append(&stream, ExpectedVersion::from_current(version), events).await.unwrap();
+
+        let late = tokio::spawn({
+            let id = id.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                aggregates.execute(&id, &OrderCommand::Approve).await.unwrap();
+            }
+        });
+        let query = AppQuery(WaitQuery { wait: Some(10) });
+        let Json(view) = get_order(State(state), AppPath(id), query).await.unwrap();
+        late.await.unwrap();
+        assert_eq!(view.status, OrderViewStatus::Approved, "{view:?}");
     }
 }
