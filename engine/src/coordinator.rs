@@ -142,31 +142,36 @@ impl Coordinator {
     /// The saga's state folded from the first events of its stream for which `keep` holds
     /// (a version or a point in time to replay to), or `None` when there is no such saga.
     pub async fn load_while(&self, saga_id: Uuid, keep: impl Fn(&RecordedEvent) -> bool) -> Result<Option<SagaView>> {
-        let stream = saga_stream(saga_id);
-        let mut events = stream_events(self.store.as_ref(), &stream, 1, READ_PAGE);
-        let mut view = SagaView { state: SagaState::default(), version: 0 };
-        let mut exists = false;
-        while let Some(event) = events.try_next().await? {
-            exists = true;
-            if !keep(&event) {
-                break;
-            }
-            view.state.apply(&decode::<SagaEvent>(&event)?);
-            view.version = event.version;
-        }
+        let mut view = SagaView::default();
+        let exists = self.fold_into(saga_id, &mut view, keep).await?;
         Ok(exists.then_some(view))
     }
 
     /// Folds into `view` the saga's events after `view.version`: one short read when little
     /// happened, for callers that follow a saga (long polls).
     pub async fn refresh(&self, saga_id: Uuid, view: &mut SagaView) -> Result<()> {
+        self.fold_into(saga_id, view, |_| true).await.map(drop)
+    }
+
+    /// Folds the events after `view.version` while `keep` holds; whether any was read.
+    async fn fold_into(
+        &self,
+        saga_id: Uuid,
+        view: &mut SagaView,
+        keep: impl Fn(&RecordedEvent) -> bool,
+    ) -> Result<bool> {
         let stream = saga_stream(saga_id);
         let mut events = stream_events(self.store.as_ref(), &stream, view.version + 1, READ_PAGE);
+        let mut read = false;
         while let Some(event) = events.try_next().await? {
+            read = true;
+            if !keep(&event) {
+                break;
+            }
             view.state.apply(&decode::<SagaEvent>(&event)?);
             view.version = event.version;
         }
-        Ok(())
+        Ok(read)
     }
 
     /// Lists saga ids in id order (time order, for ids the engine made), after `after`.

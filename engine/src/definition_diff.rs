@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::definition::{SagaDefinition, StepDefinition};
+use crate::definition::SagaDefinition;
 
 /// The differences of a definition from an earlier version.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -26,10 +26,9 @@ impl DefinitionDiff {
     /// The differences of `new` from `old`; every step is added when there is no `old`.
     pub fn between(old: Option<&SagaDefinition>, new: &SagaDefinition) -> Self {
         let old_steps = old.map(|d| d.steps.as_slice()).unwrap_or_default();
-        let find = |steps: &[StepDefinition], name: &str| steps.iter().position(|s| s.name == name);
         let mut diff = Self::default();
         for (at, step) in new.steps.iter().enumerate() {
-            let Some(was_at) = find(old_steps, &step.name) else {
+            let Some(was_at) = old.and_then(|d| d.step_index(&step.name)) else {
                 diff.added.push(step.name.clone());
                 continue;
             };
@@ -58,8 +57,7 @@ impl DefinitionDiff {
                     .push(StepChange { step: step.name.clone(), fields: fields.into_iter().map(Into::into).collect() });
             }
         }
-        diff.removed =
-            old_steps.iter().filter(|s| find(&new.steps, &s.name).is_none()).map(|s| s.name.clone()).collect();
+        diff.removed = old_steps.iter().filter(|s| new.step_index(&s.name).is_none()).map(|s| s.name.clone()).collect();
         diff
     }
 }
@@ -67,7 +65,7 @@ impl DefinitionDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::definition::RetryPolicy;
+    use crate::definition::{RetryPolicy, StepDefinition};
 
     fn step(name: &str, command: &str) -> StepDefinition {
         StepDefinition {

@@ -207,7 +207,7 @@ impl OutboxRelay {
     }
 
     /// Runs until cancelled, then flushes what is left. Up to [`Self::with_pipeline`] batches are in
-    /// flight at once: the next is claimed (after the newest id in flight) and handed to
+    /// flight at once: the next is claimed (besides the ids in flight) and handed to
     /// the transport while the broker acknowledges the earlier ones. The producer keeps the
     /// order within a partition, and refuses to leave a gap (it fails the rest instead), so
     /// batches complete in order; a failed batch, and whatever was in flight behind it, is

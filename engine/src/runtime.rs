@@ -96,13 +96,8 @@ impl Runtime {
         }
         if config.relay {
             let mut relay = OutboxRelay::new(Arc::clone(&store), Arc::clone(&transport))
-                .with_dead_letter_topic(topics.dead_letter());
-            if transport.name() == "in-process" {
-                // Its publish returns only once the consumers have committed: one batch at a
-                // time. (Deeper pipelines stalled the embedded engine under heavy contention on
-                // one aggregate; not understood yet, so not used there.)
-                relay = relay.with_pipeline(1);
-            }
+                .with_dead_letter_topic(topics.dead_letter())
+                .with_pipeline(transport.relay_pipeline());
             if let Some(id) = config.relay_id {
                 relay = relay.with_id(id);
             }

@@ -147,6 +147,13 @@ impl Transport for InProcessTransport {
     fn name(&self) -> &'static str {
         "in-process"
     }
+
+    /// Publish returns only once the consumers have committed: one batch at a time. (Deeper
+    /// pipelines stalled the embedded engine under heavy contention on one aggregate; not
+    /// understood yet, so not used here.)
+    fn relay_pipeline(&self) -> usize {
+        1
+    }
 }
 
 struct InProcessConsumer {

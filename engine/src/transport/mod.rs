@@ -45,6 +45,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// A short name, for logs and health reports.
     fn name(&self) -> &'static str;
+
+    /// How many outbox batches a relay may have in flight on this transport at once.
+    fn relay_pipeline(&self) -> usize {
+        crate::relay::DEFAULT_PIPELINE
+    }
 }
 
 /// One member of a consumer group.
