@@ -64,7 +64,7 @@ pub struct Coordinator {
     /// The states of running sagas as this process last wrote them: a reply then needs no
     /// read. Only a cache: every decision is committed with the cached version as the
     /// expected one, and a conflict (another process moved the saga on) reloads.
-    cache: Mutex<LruCache<Uuid, SagaView>>,
+    cache: Mutex<LruCache<Uuid, Arc<SagaView>>>,
 }
 
 impl Coordinator {
@@ -74,16 +74,16 @@ impl Coordinator {
         Self { store, registry, topics, cache: Mutex::new(LruCache::new(capacity)) }
     }
 
-    fn cached(&self) -> std::sync::MutexGuard<'_, LruCache<Uuid, SagaView>> {
+    fn cached(&self) -> std::sync::MutexGuard<'_, LruCache<Uuid, Arc<SagaView>>> {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The saga's state for a decision: cached, or folded from its stream.
-    async fn current(&self, saga_id: Uuid) -> Result<Option<SagaView>> {
+    async fn current(&self, saga_id: Uuid) -> Result<Option<Arc<SagaView>>> {
         if let Some(view) = self.cached().get(&saga_id).cloned() {
             return Ok(Some(view));
         }
-        self.load(saga_id).await
+        Ok(self.load(saga_id).await?.map(Arc::new))
     }
 
     /// Remembers the state a committed decision left the saga in; a finished saga is dropped.
@@ -92,7 +92,7 @@ impl Coordinator {
         if view.state.status.is_terminal() {
             cache.pop(&saga_id);
         } else {
-            cache.put(saga_id, view);
+            cache.put(saga_id, Arc::new(view));
         }
     }
 

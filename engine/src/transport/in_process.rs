@@ -8,7 +8,7 @@
 //! the dead-letter topic) are kept in memory for the first group that does, the newest
 //! [`MAX_UNCLAIMED`] per topic (their rows stay in the outbox table until retention).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -162,7 +162,7 @@ struct InProcessConsumer {
     topics: Vec<String>,
     published: watch::Receiver<u64>,
     /// Acknowledgements owed for received, not yet committed messages.
-    pending: HashMap<(String, i64), oneshot::Sender<()>>,
+    pending: HashMap<String, BTreeMap<i64, oneshot::Sender<()>>>,
 }
 
 #[async_trait]
@@ -176,7 +176,8 @@ impl Consumer for InProcessConsumer {
                     let key = (self.group.clone(), topic.clone());
                     if let Some(queued) = inner.queues.get_mut(&key).and_then(VecDeque::pop_front) {
                         if let Some(ack) = queued.ack {
-                            self.pending.insert((queued.delivery.topic.clone(), queued.delivery.offset), ack);
+                            let topic = self.pending.entry(queued.delivery.topic.clone()).or_default();
+                            topic.insert(queued.delivery.offset, ack);
                         }
                         return Ok(queued.delivery);
                     }
@@ -190,17 +191,11 @@ impl Consumer for InProcessConsumer {
 
     async fn commit(&mut self, delivery: &Delivery) -> Result<()> {
         // Everything up to this offset of the topic (one partition here) is processed.
-        let done: Vec<(String, i64)> = self
-            .pending
-            .keys()
-            .filter(|(topic, offset)| *topic == delivery.topic && *offset <= delivery.offset)
-            .cloned()
-            .collect();
-        for key in done {
-            if let Some(ack) = self.pending.remove(&key) {
-                // The publisher may have given up waiting; that is fine.
-                let _ = ack.send(());
-            }
+        let Some(pending) = self.pending.get_mut(&delivery.topic) else { return Ok(()) };
+        let later = pending.split_off(&(delivery.offset + 1));
+        for ack in std::mem::replace(pending, later).into_values() {
+            // The publisher may have given up waiting; that is fine.
+            let _ = ack.send(());
         }
         Ok(())
     }
