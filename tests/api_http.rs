@@ -476,6 +476,13 @@ mod routes {
         assert_eq!(by_operator[1]["data"]["reason"], "the carrier never got it");
         let (status, _) = act(&s, &format!("/sagas/{id}/retry"), json!({ "reason": "again" }), None).await;
         assert_eq!(status, 409, "a compensated saga is not retried");
+        let picture = s.send(Method::GET, &format!("/sagas/{id}/timeline.svg"), None).await;
+        assert_eq!(picture.headers()["content-type"], "image/svg+xml");
+        let svg = picture.text().await.unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("COMPENSATED"), "{svg}");
+        assert_eq!(svg.matches(r#"class="operator""#).count(), 2, "the retry and the resolution: {svg}");
+        assert_eq!(svg.matches(r#"class="attempt timed-out""#).count(), 2, "both attempts of ship: {svg}");
+        assert_eq!(s.call(Method::GET, &format!("/sagas/{}/timeline.svg", uuid::Uuid::nil()), None).await.0, 404);
 
         // Resolve an unknown pivot as succeeded: the saga completes with the output merged.
         let (_, started) = s.call(Method::POST, "/sagas", Some(start("op-2"))).await;
@@ -562,7 +569,7 @@ mod routes {
                 assert_ne!(problem_type(&body), "urn:sagaflow:problem:no-such-route", "{method} {path} is not routed");
             }
         }
-        assert_eq!(operations, 24, "the API has 24 operations");
+        assert_eq!(operations, 25, "the API has 25 operations");
         let (status, body) = s.call(Method::GET, "/nowhere", None).await;
         assert_eq!((status, problem_type(&body)), (404, "urn:sagaflow:problem:no-such-route"));
         let (status, body) = s.call(Method::DELETE, "/orders", None).await;

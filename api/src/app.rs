@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sagas", post(sagas::start).get(sagas::list))
         .route("/sagas/{id}", get(sagas::get_saga))
         .route("/sagas/{id}/events", get(sagas::events))
+        .route("/sagas/{id}/timeline.svg", get(sagas::timeline))
         .route("/sagas/{id}/retry", post(saga_actions::retry))
         .route("/sagas/{id}/abort", post(saga_actions::abort))
         .route("/sagas/{id}/steps/{step}/resolve", post(saga_actions::resolve))

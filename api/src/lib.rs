@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod timeline;
 pub mod wait;
 
 pub use app::router;

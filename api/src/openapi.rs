@@ -23,6 +23,7 @@ use crate::routes::{aggregates, customers, definitions, health, inventory, order
         sagas::list,
         sagas::get_saga,
         sagas::events,
+        sagas::timeline,
         saga_actions::retry,
         saga_actions::abort,
         saga_actions::resolve,

@@ -144,6 +144,20 @@ pub async fn events(
     Ok(Json(events.into_iter().map(EventResponse::from).collect()))
 }
 
+/// The saga drawn on a time axis: each step's attempts as bars by outcome, retry backoffs,
+/// compensations, operator actions and the terminal state.
+#[utoipa::path(get, path = "/sagas/{id}/timeline.svg", tag = "sagas", params(("id" = String, Path)),
+    responses((status = 200, content_type = "image/svg+xml", body = String), (status = 404)))]
+pub async fn timeline(State(state): State<AppState>, AppPath(id): AppPath<String>) -> ApiResult<Response> {
+    let saga_id = parse_id(&id)?;
+    let events = state.store.read_stream_to_end(&engine::coordinator::saga_stream(saga_id), 1).await?;
+    if events.is_empty() {
+        return Err(ApiError::NotFound(format!("no saga '{id}'")));
+    }
+    let svg = crate::timeline::render(&events)?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
 /// Filters and paging of the saga list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
