@@ -23,6 +23,21 @@ mod routes {
         assert_eq!(status, 200);
     }
 
+    /// A page of the saga list, once the saga index has taken in every commit made so far.
+    async fn saga_list(s: &TestServer, query: &str) -> Value {
+        for _ in 0..300 {
+            let response = s.send(Method::GET, &format!("/sagas{query}"), None).await;
+            assert_eq!(response.status().as_u16(), 200, "GET /sagas{query}");
+            let lag: u64 = response.headers()["sagaflow-index-lag"].to_str().unwrap().parse().unwrap();
+            let page: Value = response.json().await.unwrap();
+            if lag == 0 {
+                return page;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the saga index never caught up");
+    }
+
     fn order(customer: &str, sku: &str, quantity: u32, price: &str) -> Value {
         json!({ "customer_id": customer, "items": [{ "sku": sku, "quantity": quantity, "unit_price": price }] })
     }
@@ -82,7 +97,7 @@ mod routes {
         let retry = send(body.clone(), "key-1").await.unwrap();
         assert_eq!(retry.status().as_u16(), 202);
         assert_eq!(retry.json::<Value>().await.unwrap(), first);
-        let (_, page) = s.call(Method::GET, "/sagas?definition=order-fulfilment", None).await;
+        let page = saga_list(&s, "?definition=order-fulfilment").await;
         assert_eq!(page["sagas"].as_array().unwrap().len(), 1);
         let (_, stock) = s.call(Method::GET, "/inventory/A", None).await;
         assert_eq!(stock["reserved"], 2);
@@ -132,9 +147,17 @@ mod routes {
         assert_eq!((status, body), (201, json!({ "name": "reserve-only", "version": 1 })));
         let (status, body) = s.call(Method::POST, "/saga-definitions", Some(reserve_only)).await;
         assert_eq!((status, body["version"].clone()), (201, json!(2)));
-        let (_, all) = s.call(Method::GET, "/saga-definitions", None).await;
-        let names: Vec<&str> = all.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
-        assert!(names.contains(&"reserve-only") && names.contains(&"order-fulfilment"), "{names:?}");
+        // Paged by name: order-fulfilment, then reserve-only.
+        let (_, first) = s.call(Method::GET, "/saga-definitions?limit=1", None).await;
+        assert_eq!(first["definitions"][0]["name"], "order-fulfilment", "{first}");
+        let after = first["next_after"].as_str().unwrap();
+        let (_, second) = s.call(Method::GET, &format!("/saga-definitions?limit=1&after={after}"), None).await;
+        assert_eq!(
+            (second["definitions"][0]["name"].as_str(), second["definitions"][0]["version"].as_u64()),
+            (Some("reserve-only"), Some(2))
+        );
+        assert_eq!(second["next_after"], Value::Null, "the last page");
+        assert_eq!(s.call(Method::GET, "/saga-definitions?limit=0", None).await.0, 400);
         let (status, latest) = s.call(Method::GET, "/saga-definitions/reserve-only", None).await;
         assert_eq!((status, latest["version"].clone()), (200, json!(2)));
         // A dry run validates and shows what version 3 would change, registering nothing.
@@ -156,6 +179,10 @@ mod routes {
             404,
             "nothing registered"
         );
+        // Two registered versions compared.
+        let (status, diff) = s.call(Method::GET, "/saga-definitions/reserve-only/diff?from=1&to=2", None).await;
+        assert_eq!((status, diff), (200, json!({ "added": [], "removed": [], "changed": [] })));
+        assert_eq!(s.call(Method::GET, "/saga-definitions/reserve-only/diff?from=1&to=9", None).await.0, 404);
         let bad = json!({ "name": "reserve-only", "steps": [] });
         assert_eq!(s.call(Method::POST, "/saga-definitions?dry_run=true", Some(bad)).await.0, 422);
         assert_eq!(latest["steps"][0]["retry"]["initial_backoff_ms"], 200, "defaults filled in");
@@ -182,9 +209,9 @@ mod routes {
         assert_eq!(status, 200);
         let types: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(types, ["SagaStarted", "StepCommandSent", "StepSucceeded", "SagaCompleted"]);
-        let (_, page) = s.call(Method::GET, "/sagas?status=COMPLETED&definition=reserve-only", None).await;
+        let page = saga_list(&s, "?status=COMPLETED&definition=reserve-only").await;
         assert_eq!(page["sagas"][0]["saga_id"].as_str(), Some(id.as_str()));
-        let (_, page) = s.call(Method::GET, "/sagas?status=FAILED", None).await;
+        let page = saga_list(&s, "?status=FAILED").await;
         assert_eq!(page["sagas"], json!([]));
         assert_eq!(s.call(Method::GET, "/sagas?status=SLEEPING", None).await.0, 400);
 
@@ -379,7 +406,7 @@ mod routes {
             assert_eq!(retry.status().as_u16(), 202, "{spelling}");
             assert_eq!(retry.json::<Value>().await.unwrap(), first, "{spelling}");
         }
-        let (_, page) = s.call(Method::GET, "/sagas?definition=order-fulfilment", None).await;
+        let page = saga_list(&s, "?definition=order-fulfilment").await;
         assert_eq!(page["sagas"].as_array().unwrap().len(), 1, "one order was started");
         // Another price is another request.
         let other = send("10.05").await.unwrap();
@@ -528,6 +555,127 @@ mod routes {
         s.stop().await;
     }
 
+    /// Sagas of a definition whose participant never answers: running and, after the
+    /// definition's one-second threshold, stuck.
+    pub async fn the_saga_index_lists_filters_pages_and_finds_stuck_sagas(s: TestServer) {
+        let silent = json!({ "name": "silent", "stuck_after_ms": 1000, "steps": [
+            { "name": "wait", "participant": "nobody", "command": "Hello", "timeout_ms": 600000 }
+        ]});
+        assert_eq!(s.call(Method::POST, "/saga-definitions", Some(silent)).await.0, 201);
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let start = json!({ "definition": "silent", "input": { "n": n } });
+            let (status, started) = s.call(Method::POST, "/sagas", Some(start)).await;
+            assert_eq!(status, 202);
+            ids.push(started["saga_id"].as_str().unwrap().to_owned());
+        }
+        // Oldest first, two at a time, over three pages.
+        let mut seen = Vec::new();
+        let mut query = "?definition=silent&limit=2".to_owned();
+        loop {
+            let page = saga_list(&s, &query).await;
+            for saga in page["sagas"].as_array().unwrap() {
+                assert_eq!((saga["status"].as_str(), saga["current_step"].as_str()), (Some("RUNNING"), Some("wait")));
+                assert_eq!(saga["definition"], json!({ "name": "silent", "version": 1 }));
+                seen.push(saga["saga_id"].as_str().unwrap().to_owned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(cursor) => query = format!("?definition=silent&limit=2&cursor={cursor}"),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ids, "every saga once, in start order");
+        let newest = saga_list(&s, "?definition=silent&order=desc&limit=1").await;
+        assert_eq!(newest["sagas"][0]["saga_id"].as_str(), ids.last().map(String::as_str));
+        // A time range that ends before the first start holds none of them.
+        let first = saga_list(&s, "?definition=silent&limit=1").await;
+        let started = first["sagas"][0]["started_at"].as_str().unwrap().to_owned();
+        let to = urlencode(&started);
+        let before = saga_list(&s, &format!("?definition=silent&started_to={to}")).await;
+        assert_eq!(before["sagas"], json!([]));
+        let from_first = saga_list(&s, &format!("?definition=silent&started_from={to}")).await;
+        assert_eq!(from_first["sagas"].as_array().unwrap().len(), 5);
+
+        // After a second without progress, each is stuck: in the list, and in the gauge.
+        let mut stuck = Value::Null;
+        for _ in 0..100 {
+            stuck = saga_list(&s, "?stuck=true&definition=silent").await;
+            if stuck["sagas"].as_array().unwrap().len() == 5 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(stuck["sagas"].as_array().unwrap().len(), 5, "{stuck}");
+        assert!(stuck["sagas"][0]["stuck"].as_bool().unwrap());
+        assert_eq!(saga_list(&s, "?stuck=false&definition=silent").await["sagas"], json!([]));
+        let mut gauge = String::new();
+        for _ in 0..100 {
+            let metrics = s.send(Method::GET, "/metrics", None).await.text().await.unwrap();
+            gauge = metrics
+                .lines()
+                .find(|l| l.starts_with("sagaflow_sagas_stuck{definition=\"silent\"}"))
+                .unwrap_or("")
+                .to_owned();
+            if gauge.ends_with(" 5") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(gauge.ends_with(" 5"), "gauge: '{gauge}'");
+        assert!(s
+            .send(Method::GET, "/metrics", None)
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("sagaflow_saga_index_lag_events"));
+
+        // Settled by hand, they complete and are no longer stuck.
+        for id in &ids {
+            let body = json!({ "outcome": "succeeded", "reason": "said hello by phone" });
+            let (status, body) = act(&s, &format!("/sagas/{id}/steps/wait/resolve"), body, None).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        for id in &ids {
+            until_status(&s, id, "COMPLETED").await;
+        }
+        let done = saga_list(&s, "?status=COMPLETED&definition=silent").await;
+        assert_eq!(done["sagas"].as_array().unwrap().len(), 5);
+        assert!(done["sagas"][0]["finished_at"].is_string());
+        assert_eq!(saga_list(&s, "?stuck=true&definition=silent").await["sagas"], json!([]));
+
+        for bad in [
+            "?cursor=nonsense",
+            "?limit=501",
+            "?started_from=yesterday",
+            "?order=sideways",
+            "?started_from=2026-01-02T00:00:00Z&started_to=2026-01-01T00:00:00Z",
+        ] {
+            let (status, body) = s.call(Method::GET, &format!("/sagas{bad}"), None).await;
+            assert_eq!(status, 400, "{bad}: {body}");
+        }
+        s.stop().await;
+    }
+
+    fn urlencode(text: &str) -> String {
+        text.replace(':', "%3A").replace('+', "%2B")
+    }
+
+    pub async fn the_console_is_served_from_the_binary(s: TestServer) {
+        for (path, kind, needle) in [
+            ("/ui", "text/html", "/ui/app.js"),
+            ("/ui/app.js", "text/javascript", "timeline.svg"),
+            ("/ui/style.css", "text/css", "badge"),
+        ] {
+            let response = s.send(Method::GET, path, None).await;
+            assert_eq!(response.status().as_u16(), 200, "{path}");
+            let ct = response.headers()["content-type"].to_str().unwrap().to_owned();
+            assert!(ct.starts_with(kind), "{path}: {ct}");
+            assert!(response.text().await.unwrap().contains(needle), "{path} lacks {needle}");
+        }
+        s.stop().await;
+    }
+
     pub async fn health_metrics_and_openapi_cover_every_route(s: TestServer) {
         assert_eq!(s.call(Method::GET, "/health/live", None).await.0, 200);
         let (status, ready) = s.call(Method::GET, "/health/ready", None).await;
@@ -569,7 +717,7 @@ mod routes {
                 assert_ne!(problem_type(&body), "urn:sagaflow:problem:no-such-route", "{method} {path} is not routed");
             }
         }
-        assert_eq!(operations, 25, "the API has 25 operations");
+        assert_eq!(operations, 26, "the API has 26 operations");
         let (status, body) = s.call(Method::GET, "/nowhere", None).await;
         assert_eq!((status, problem_type(&body)), (404, "urn:sagaflow:problem:no-such-route"));
         let (status, body) = s.call(Method::DELETE, "/orders", None).await;
@@ -611,4 +759,6 @@ on_both_backends!(
     nul_in_path_query_or_body_gets_a_4xx_problem,
     idempotent_retry_with_an_equal_decimal_spelling_is_the_same_request,
     operators_retry_resolve_and_abort_sagas,
+    the_saga_index_lists_filters_pages_and_finds_stuck_sagas,
+    the_console_is_served_from_the_binary,
 );

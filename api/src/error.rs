@@ -54,9 +54,10 @@ fn store_problem(err: &event_store::Error) -> Problem {
         E::WrongExpectedVersion { actual, .. } => {
             (StatusCode::CONFLICT, "wrong-expected-version", json!({ "actual_version": actual }))
         }
-        E::DuplicateEventId { .. } | E::PartialIdempotentAppend { .. } | E::AlreadyProcessed { .. } => {
-            (StatusCode::CONFLICT, "conflict", Value::Null)
-        }
+        E::DuplicateEventId { .. }
+        | E::PartialIdempotentAppend { .. }
+        | E::AlreadyProcessed { .. }
+        | E::CheckpointMoved => (StatusCode::CONFLICT, "conflict", Value::Null),
         E::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", Value::Null),
         E::Database(_) | E::Migrate(_) => {
             tracing::error!(error = %err, "store error");

@@ -1,6 +1,7 @@
 //! The Sagaflow REST API (axum) and the composition of a running engine.
 
 pub mod app;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod idempotency;

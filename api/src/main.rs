@@ -24,6 +24,28 @@ enum Command {
     /// Runs the engine. With neither DATABASE_URL nor KAFKA_BOOTSTRAP_SERVERS it runs
     /// embedded: a SQLite store in the data directory and an in-process transport.
     Serve(ServeArgs),
+    /// The saga index (the read model behind `GET /sagas`).
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Empties the saga index and builds it again from every saga's history. Engines may
+    /// keep running: their projections go on from the rebuild's checkpoint.
+    Rebuild(StoreArgs),
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// PostgreSQL event store (postgres://…); embedded SQLite when absent.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Where the embedded store keeps its data.
+    #[arg(long, env = "SAGAFLOW_DATA_DIR", default_value = "./sagaflow-data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -59,6 +81,10 @@ struct ServeArgs {
     /// How long published outbox rows are kept (e.g. 24h, 30m).
     #[arg(long, env = "SAGAFLOW_OUTBOX_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     outbox_retention: Duration,
+    /// How long a saga may go without progress before it counts as stuck (a definition's
+    /// `stuck_after_ms` wins).
+    #[arg(long, env = "SAGAFLOW_STUCK_AFTER", default_value = "15m", value_parser = humantime::parse_duration)]
+    stuck_after: Duration,
     /// How long processed-message (deduplication) records are kept; keep it longer than the
     /// topics' retention, so a message redelivered from Kafka is still recognised.
     #[arg(long, env = "SAGAFLOW_DEDUP_WINDOW", default_value = "8d", value_parser = humantime::parse_duration)]
@@ -66,7 +92,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let Command::Serve(args) = Cli::parse().command;
+    let command = Cli::parse().command;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -80,7 +106,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(serve(args));
+    let result = match command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Index { command: IndexCommand::Rebuild(args) } => runtime.block_on(rebuild_index(args)),
+    };
     // Tasks aborted at shutdown may be stuck in a blocking call: do not wait for them long.
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
@@ -90,6 +119,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn rebuild_index(args: StoreArgs) -> Result<(), StartError> {
+    let config = match args.database_url {
+        Some(url) => StoreConfig::Postgres(url),
+        None => StoreConfig::Sqlite(args.data_dir),
+    };
+    let store = server::open_store(&config).await?;
+    let started = std::time::Instant::now();
+    let projection = engine::saga_index_projection::SagaIndexProjection::new(store);
+    let events = projection.rebuild().await?;
+    tracing::info!(events, elapsed = ?started.elapsed(), "saga index rebuilt from {events} events");
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> Result<(), StartError> {
@@ -132,6 +174,7 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
     let mut options = server::EngineOptions::new(format!("{}.", args.topic_prefix));
     options.retention.outbox = args.outbox_retention;
     options.retention.dedup_window = args.dedup_window;
+    options.stuck_after = args.stuck_after;
     let engine = server::start(store, transport, topics, roles, options).await?;
 
     let shutdown = CancellationToken::new();

@@ -19,6 +19,7 @@ use crate::routes::{aggregates, customers, definitions, health, inventory, order
         definitions::list,
         definitions::latest,
         definitions::version,
+        definitions::diff,
         sagas::start,
         sagas::list,
         sagas::get_saga,

@@ -8,6 +8,8 @@ use engine::coordinator::Coordinator;
 use engine::definition_registry::DefinitionRegistry;
 use engine::retention::Retention;
 use engine::runtime::{Runtime, RuntimeConfig};
+use engine::saga_index_projection::SagaIndexProjection;
+use engine::stuck_sagas::DEFAULT_STUCK_AFTER;
 use engine::topics::Topics;
 use engine::transport::in_process::InProcessTransport;
 use engine::transport::kafka::{KafkaConfig, KafkaTransport};
@@ -105,12 +107,15 @@ pub struct EngineOptions {
     pub group_prefix: String,
     /// Retention of published outbox rows and deduplication records.
     pub retention: Retention,
+    /// How long a saga may go without progress before it counts as stuck, unless its
+    /// definition says otherwise.
+    pub stuck_after: Duration,
 }
 
 impl EngineOptions {
     /// `group_prefix` with the default retention.
     pub fn new(group_prefix: impl Into<String>) -> Self {
-        Self { group_prefix: group_prefix.into(), retention: Retention::default() }
+        Self { group_prefix: group_prefix.into(), retention: Retention::default(), stuck_after: DEFAULT_STUCK_AFTER }
     }
 }
 
@@ -141,10 +146,21 @@ pub async fn start(
         // so after a crash the next start takes over the claims at once.
         relay_id: (transport.name() == "in-process").then(|| "embedded".to_owned()),
         retention: Some(options.retention),
+        // The API lists sagas from the index: a process serving it keeps the index.
+        saga_index: roles.api.then_some(options.stuck_after),
         ..RuntimeConfig::default()
     };
     let runtime = Runtime::start(Arc::clone(&store), Arc::clone(&transport), Arc::clone(&coordinator), config).await?;
     let orders = Arc::new(OrderService::new(Arc::clone(&coordinator), Arc::clone(&store)));
-    let state = AppState { store, transport, coordinator, orders, metrics: crate::metrics::recorder() };
+    let projection = SagaIndexProjection::new(Arc::clone(&store));
+    let state = AppState {
+        store,
+        transport,
+        coordinator,
+        orders,
+        metrics: crate::metrics::recorder(),
+        projection,
+        stuck_after: options.stuck_after,
+    };
     Ok(Engine { state, runtime })
 }

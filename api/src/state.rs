@@ -1,8 +1,10 @@
 //! What every handler can reach.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use engine::coordinator::Coordinator;
+use engine::saga_index_projection::SagaIndexProjection;
 use engine::transport::Transport;
 use event_store::EventStore;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -16,4 +18,9 @@ pub struct AppState {
     pub coordinator: Arc<Coordinator>,
     pub orders: Arc<OrderService>,
     pub metrics: PrometheusHandle,
+    /// The saga index, for lists and filters.
+    pub projection: SagaIndexProjection,
+    /// How long a saga may go without progress before it counts as stuck, unless its
+    /// definition says otherwise.
+    pub stuck_after: Duration,
 }

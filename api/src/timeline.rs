@@ -371,6 +371,7 @@ mod tests {
     fn each_attempt_is_a_bar_by_outcome_with_backoffs_compensations_and_operators() {
         use SagaEvent as E;
         let definition = SagaDefinition {
+            stuck_after_ms: None,
             name: "ship <&> go".into(),
             version: 2,
             steps: vec![step("reserve", Some("Undo")), step("ship", None)],

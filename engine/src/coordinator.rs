@@ -29,7 +29,8 @@ use crate::transport::Delivery;
 
 /// The name under which the coordinator records processed replies.
 pub const CONSUMER_NAME: &str = "coordinator";
-const STREAM_PREFIX: &str = "saga-";
+/// What every saga stream's id starts with.
+pub const STREAM_PREFIX: &str = "saga-";
 const MAX_CONFLICT_RETRIES: u32 = 10;
 
 /// The stream of saga `id`.
@@ -473,7 +474,10 @@ mod tests {
             timeout_ms: 10,
             retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
         };
-        registry.register(SagaDefinition { name: "one".into(), version: 0, steps: vec![step] }).await.unwrap();
+        registry
+            .register(SagaDefinition { stuck_after_ms: None, name: "one".into(), version: 0, steps: vec![step] })
+            .await
+            .unwrap();
         // Two coordinators over one store, as two processes: the API's started the saga (and
         // keeps it in memory); the other one's timer failed it.
         let api = Coordinator::new(Arc::clone(&store), Arc::clone(&registry), Topics::new("t"));

@@ -17,6 +17,10 @@ pub struct SagaDefinition {
     #[serde(default)]
     pub version: u32,
     pub steps: Vec<StepDefinition>,
+    /// How long a saga of this definition may go without progress before it counts as stuck;
+    /// the engine's default (`--stuck-after`) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck_after_ms: Option<u64>,
 }
 
 /// One step of a saga.
@@ -84,6 +88,8 @@ impl StepDefinition {
 
 const MAX_STEPS: usize = 50;
 const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+/// The longest stuck threshold a definition may set: 30 days.
+const MAX_STUCK_AFTER_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 const MAX_ATTEMPTS: u32 = 100;
 
 fn valid_name(s: &str) -> bool {
@@ -99,6 +105,9 @@ impl SagaDefinition {
         }
         if self.steps.is_empty() {
             problems.push("a saga needs at least one step".to_owned());
+        }
+        if self.stuck_after_ms.is_some_and(|ms| !(1_000..=MAX_STUCK_AFTER_MS).contains(&ms)) {
+            problems.push(format!("stuck_after_ms must be between 1000 and {MAX_STUCK_AFTER_MS}"));
         }
         if self.steps.len() > MAX_STEPS {
             problems.push(format!("a saga may have at most {MAX_STEPS} steps"));
@@ -183,8 +192,12 @@ mod tests {
 
     #[test]
     fn valid_definition_with_one_pivot_passes() {
-        let def =
-            SagaDefinition { name: "s".into(), version: 0, steps: vec![step("a", Some("Undo")), step("b", None)] };
+        let def = SagaDefinition {
+            stuck_after_ms: None,
+            name: "s".into(),
+            version: 0,
+            steps: vec![step("a", Some("Undo")), step("b", None)],
+        };
         def.validate().unwrap();
         assert_eq!(def.pivot(), Some(1));
     }
@@ -192,7 +205,7 @@ mod tests {
     #[test]
     fn steps_after_the_pivot_may_lack_a_compensation() {
         let steps = vec![step("a", Some("Undo")), step("pivot", None), step("settle", None)];
-        let def = SagaDefinition { name: "s".into(), version: 0, steps };
+        let def = SagaDefinition { stuck_after_ms: None, name: "s".into(), version: 0, steps };
         def.validate().unwrap();
         assert_eq!(def.pivot(), Some(1), "the first step without a compensation is the pivot");
     }
@@ -202,7 +215,12 @@ mod tests {
         let mut bad = step("a", None);
         bad.timeout_ms = 0;
         bad.retry.max_attempts = 0;
-        let def = SagaDefinition { name: "bad name!".into(), version: 0, steps: vec![bad, step("a", None)] };
+        let def = SagaDefinition {
+            stuck_after_ms: None,
+            name: "bad name!".into(),
+            version: 0,
+            steps: vec![bad, step("a", None)],
+        };
         let Err(Error::InvalidDefinition(problems)) = def.validate() else { panic!("must be invalid") };
         let text = problems.join("\n");
         for expected in ["name 'bad name!'", "duplicate step name 'a'", "timeout_ms", "max_attempts"] {
@@ -213,7 +231,7 @@ mod tests {
 
     #[test]
     fn empty_definition_is_rejected() {
-        let def = SagaDefinition { name: "s".into(), version: 0, steps: vec![] };
+        let def = SagaDefinition { stuck_after_ms: None, name: "s".into(), version: 0, steps: vec![] };
         assert!(matches!(def.validate(), Err(Error::InvalidDefinition(p)) if p.len() == 1));
     }
 

@@ -81,13 +81,19 @@ mod tests {
     #[test]
     fn lists_added_removed_and_changed_steps() {
         let old = SagaDefinition {
+            stuck_after_ms: None,
             name: "s".into(),
             version: 1,
             steps: vec![step("a", "A"), step("b", "B"), step("c", "C")],
         };
         let mut slower = step("c", "C");
         slower.timeout_ms = 5_000;
-        let new = SagaDefinition { name: "s".into(), version: 0, steps: vec![step("a", "A2"), slower, step("d", "D")] };
+        let new = SagaDefinition {
+            stuck_after_ms: None,
+            name: "s".into(),
+            version: 0,
+            steps: vec![step("a", "A2"), slower, step("d", "D")],
+        };
         let diff = DefinitionDiff::between(Some(&old), &new);
         assert_eq!(diff.added, ["d"]);
         assert_eq!(diff.removed, ["b"]);

@@ -109,22 +109,17 @@ impl DefinitionRegistry {
         })
     }
 
-    /// The latest version of every definition, by name.
-    pub async fn list(&self) -> Result<Vec<Arc<SagaDefinition>>> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.list_streams(STREAM_PREFIX, after.as_deref(), 200).await?;
-            for stream in &page {
-                if let Some(d) = self.latest(&stream[STREAM_PREFIX.len()..]).await? {
-                    out.push(d);
-                }
+    /// The latest version of up to `limit` definitions named after `after`, by name.
+    pub async fn page(&self, after: Option<&str>, limit: usize) -> Result<Vec<Arc<SagaDefinition>>> {
+        let after = after.map(stream_of);
+        let streams = self.store.list_streams(STREAM_PREFIX, after.as_deref(), limit).await?;
+        let mut out = Vec::with_capacity(streams.len());
+        for stream in &streams {
+            if let Some(d) = self.latest(&stream[STREAM_PREFIX.len()..]).await? {
+                out.push(d);
             }
-            if page.len() < 200 {
-                return Ok(out);
-            }
-            after = page.last().cloned();
         }
+        Ok(out)
     }
 }
 
@@ -136,6 +131,7 @@ mod tests {
 
     fn def(command: &str) -> SagaDefinition {
         SagaDefinition {
+            stuck_after_ms: None,
             name: "demo".into(),
             version: 0,
             steps: vec![StepDefinition {
@@ -157,7 +153,7 @@ mod tests {
         assert_eq!(registry.get("demo", None).await.unwrap().steps[0].command, "B");
         assert_eq!(registry.get("demo", Some(1)).await.unwrap().steps[0].command, "A");
         assert!(matches!(registry.get("demo", Some(3)).await, Err(Error::NotFound { .. })));
-        assert_eq!(registry.list().await.unwrap().len(), 1);
+        assert_eq!(registry.page(None, 10).await.unwrap().len(), 1);
         // A fresh registry (no cache) reads the same from the store.
         let fresh = DefinitionRegistry::new(Arc::clone(&registry.store));
         assert_eq!(fresh.get("demo", Some(1)).await.unwrap().steps[0].command, "A");

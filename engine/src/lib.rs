@@ -18,6 +18,8 @@ pub mod repository;
 pub mod retention;
 pub mod runtime;
 pub mod saga;
+pub mod saga_index_projection;
+pub mod stuck_sagas;
 pub mod timeouts;
 pub mod topics;
 pub mod transport;

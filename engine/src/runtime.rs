@@ -14,6 +14,8 @@ use crate::error::Result;
 use crate::participant::{CommandHandler, ParticipantRuntime};
 use crate::relay::OutboxRelay;
 use crate::retention::{run_retention, Retention};
+use crate::saga_index_projection::SagaIndexProjection;
+use crate::stuck_sagas::StuckWatcher;
 use crate::timeouts::run_timeouts;
 use crate::transport::Transport;
 
@@ -37,6 +39,9 @@ pub struct RuntimeConfig {
     /// Messages each consumer handles at once (messages of one saga or aggregate key are
     /// handled in order, one at a time).
     pub max_in_flight: usize,
+    /// Keep the saga index and watch it for stuck sagas, with this default stuck threshold;
+    /// `None` does neither (any number of processes may; one is enough).
+    pub saga_index: Option<Duration>,
 }
 
 impl Default for RuntimeConfig {
@@ -50,6 +55,7 @@ impl Default for RuntimeConfig {
             relay_id: None,
             retention: Some(Retention::default()),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            saga_index: None,
         }
     }
 }
@@ -102,6 +108,13 @@ impl Runtime {
                 relay = relay.with_id(id);
             }
             tasks.push(tokio::spawn(relay.run(cancel.clone())));
+        }
+        if let Some(stuck_after) = config.saga_index {
+            let projection = SagaIndexProjection::new(Arc::clone(&store));
+            let watcher = StuckWatcher::new(Arc::clone(projection.index()), stuck_after);
+            tasks.push(tokio::spawn(projection.run(cancel.clone())));
+            let every = (stuck_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
+            tasks.push(tokio::spawn(watcher.run(every, cancel.clone())));
         }
         if let Some(retention) = config.retention {
             tasks.push(tokio::spawn(run_retention(Arc::clone(&store), retention, cancel.clone())));

@@ -146,6 +146,25 @@ pub enum SagaStatus {
 }
 
 impl SagaStatus {
+    /// The name used on the wire and in the saga index (`RUNNING`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotStarted => "NOT_STARTED",
+            Self::Running => "RUNNING",
+            Self::Compensating => "COMPENSATING",
+            Self::Completed => "COMPLETED",
+            Self::Compensated => "COMPENSATED",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    /// Reads [`SagaStatus::as_str`]'s names back.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::NotStarted, Self::Running, Self::Compensating, Self::Completed, Self::Compensated, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+
     /// Whether nothing more will happen to the saga.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Compensated | Self::Failed)
@@ -731,7 +750,7 @@ mod tests {
     }
 
     fn definition(steps: Vec<StepDefinition>) -> SagaDefinition {
-        SagaDefinition { name: "test".into(), version: 1, steps }
+        SagaDefinition { stuck_after_ms: None, name: "test".into(), version: 1, steps }
     }
 
     fn t0() -> DateTime<Utc> {

@@ -25,6 +25,10 @@ pub enum Error {
     /// The message was already processed by this consumer; nothing was written.
     #[error("message '{message_id}' was already processed by '{consumer}'")]
     AlreadyProcessed { consumer: String, message_id: String },
+    /// A projection's checkpoint moved since it read it: another projection wrote first.
+    /// Nothing was written; read the checkpoint again.
+    #[error("the projection checkpoint moved; another projection wrote first")]
+    CheckpointMoved,
     /// A request the store cannot accept (empty stream id, …).
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -40,7 +44,7 @@ impl Error {
     /// refuses, a broken schema) fails again the same way.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::WrongExpectedVersion { .. } | Self::AlreadyProcessed { .. } => true,
+            Self::WrongExpectedVersion { .. } | Self::AlreadyProcessed { .. } | Self::CheckpointMoved => true,
             Self::DuplicateEventId { .. } | Self::PartialIdempotentAppend { .. } | Self::Invalid(_) => false,
             Self::Database(err) => sqlx_is_transient(err),
             Self::Migrate(_) => false,

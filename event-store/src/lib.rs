@@ -9,6 +9,7 @@ pub mod memory;
 pub mod model;
 pub mod postgres;
 pub mod read;
+pub mod saga_index;
 pub mod signals;
 mod sql;
 pub mod sqlite;
@@ -20,6 +21,7 @@ pub use model::{
     AllPosition, AppendResult, Commit, CommitResult, DueTimer, ExpectedVersion, NewEvent, OutboxMessage,
     OutgoingMessage, ProcessedMessage, RecordedEvent, Snapshot, StreamAppend, TimerChange,
 };
+pub use saga_index::SagaIndex;
 pub use signals::{CommitSignals, StreamWatch};
 pub use store::{has_nul, EventStore, EventStoreExt};
 pub use subscription::Subscription;

@@ -39,6 +39,7 @@ struct State {
 pub struct MemoryEventStore {
     state: Arc<Mutex<State>>,
     signals: Arc<CommitSignals>,
+    saga_index: Arc<crate::saga_index::MemorySagaIndex>,
 }
 
 impl Default for MemoryEventStore {
@@ -50,7 +51,7 @@ impl Default for MemoryEventStore {
 impl MemoryEventStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self { state: Arc::default(), signals: Arc::default() }
+        Self { state: Arc::default(), signals: Arc::default(), saga_index: Arc::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -193,6 +194,15 @@ impl EventStore for MemoryEventStore {
         let state = self.lock();
         let start = usize::try_from(after.global_position).unwrap_or(usize::MAX).min(state.all.len());
         Ok(state.all[start..].iter().take(limit).cloned().collect())
+    }
+
+    async fn count_after(&self, after: AllPosition, cap: usize) -> Result<u64> {
+        let behind = self.lock().all.iter().filter(|e| e.all_position() > after).take(cap).count();
+        Ok(behind as u64)
+    }
+
+    fn saga_index(&self) -> Arc<dyn crate::saga_index::SagaIndex> {
+        Arc::clone(&self.saga_index) as Arc<dyn crate::saga_index::SagaIndex>
     }
 
     async fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {

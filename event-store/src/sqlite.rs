@@ -374,6 +374,20 @@ impl EventStore for SqliteEventStore {
         rows.iter().map(event_from_row).collect()
     }
 
+    async fn count_after(&self, after: AllPosition, cap: usize) -> Result<u64> {
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM events WHERE global_position > ? LIMIT ?)")
+                .bind(i64_of(after.global_position))
+                .bind(limit_of(cap))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64_of(count))
+    }
+
+    fn saga_index(&self) -> Arc<dyn crate::saga_index::SagaIndex> {
+        Arc::new(crate::saga_index::SqliteSagaIndex::new(self.pool.clone()))
+    }
+
     async fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT stream_id FROM streams WHERE substr(stream_id, 1, length(?)) = ? AND version > 0

@@ -35,6 +35,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// read never returns an event before one an earlier read returned.
     async fn read_all(&self, after: AllPosition, limit: usize) -> Result<Vec<RecordedEvent>>;
 
+    /// How many events of `$all` follow `after`, counting to `cap` at most: how far a
+    /// projection's checkpoint is behind, at a cost bounded by `cap`.
+    async fn count_after(&self, after: AllPosition, cap: usize) -> Result<u64>;
+
+    /// The saga index kept in this backend's database.
+    fn saga_index(&self) -> Arc<dyn crate::saga_index::SagaIndex>;
+
     /// Stream ids that start with `prefix`, in id order, after `after`.
     async fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
 

@@ -22,6 +22,7 @@ fn step(name: &str, participant: &str, command: &str, compensation: Option<&str>
 /// approve-order: the pivot, which completes the saga by approving the order.
 pub fn order_fulfilment() -> SagaDefinition {
     SagaDefinition {
+        stuck_after_ms: None,
         name: ORDER_FULFILMENT.into(),
         version: 0,
         steps: vec![

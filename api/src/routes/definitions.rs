@@ -67,12 +67,63 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// The latest version of every definition.
-#[utoipa::path(get, path = "/saga-definitions", tag = "saga-definitions",
-    responses((status = 200, body = Vec<SagaDefinition>)))]
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<SagaDefinition>>> {
-    let all = state.coordinator.registry().list().await?;
-    Ok(Json(all.iter().map(|d| (**d).clone()).collect()))
+/// Paging of the definition list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Continue after this name (the previous page's `next_after`).
+    pub after: Option<String>,
+    /// Page size (default 50, at most 500).
+    pub limit: Option<usize>,
+}
+
+/// One page of definitions, by name.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionPage {
+    /// The latest version of each.
+    pub definitions: Vec<SagaDefinition>,
+    /// Pass as `after` for the next page; absent on the last one.
+    pub next_after: Option<String>,
+}
+
+/// The latest version of each definition, a page at a time by name.
+#[utoipa::path(get, path = "/saga-definitions", tag = "saga-definitions", params(ListQuery),
+    responses((status = 200, body = DefinitionPage), (status = 400)))]
+pub async fn list(
+    State(state): State<AppState>,
+    AppQuery(query): AppQuery<ListQuery>,
+) -> ApiResult<Json<DefinitionPage>> {
+    let limit = crate::routes::page_limit(query.limit)?;
+    let mut page = state.coordinator.registry().page(query.after.as_deref(), limit + 1).await?;
+    let next_after = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        page.last().map(|d| d.name.clone())
+    });
+    Ok(Json(DefinitionPage {
+        definitions: page.iter().map(|d| (**d).clone()).collect(),
+        next_after: next_after.flatten(),
+    }))
+}
+
+/// Which two versions to compare.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DiffQuery {
+    pub from: u32,
+    pub to: u32,
+}
+
+/// What changed from one version of a definition to another.
+#[utoipa::path(get, path = "/saga-definitions/{name}/diff", tag = "saga-definitions",
+    params(("name" = String, Path), DiffQuery),
+    responses((status = 200, body = DefinitionDiff), (status = 400), (status = 404)))]
+pub async fn diff(
+    State(state): State<AppState>,
+    AppPath(name): AppPath<String>,
+    AppQuery(query): AppQuery<DiffQuery>,
+) -> ApiResult<Json<DefinitionDiff>> {
+    let registry = state.coordinator.registry();
+    let from = registry.get(&name, Some(query.from)).await?;
+    let to = registry.get(&name, Some(query.to)).await?;
+    Ok(Json(DefinitionDiff::between(Some(&from), &to)))
 }
 
 /// The latest version of a definition.

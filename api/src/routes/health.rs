@@ -63,13 +63,17 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(Health { status: if ok { "ready".into() } else { "not ready".into() }, checks }))
 }
 
-/// Prometheus text exposition. The outbox backlog is counted here, at scrape time, rather
-/// than by the relay on every batch.
+/// Prometheus text exposition. The outbox backlog and the saga index's lag are measured
+/// here, at scrape time, rather than on every batch.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok(pending) = state.store.outbox_pending().await {
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!("sagaflow_outbox_pending").set(pending as f64);
+    }
+    if let Ok(lag) = state.projection.lag().await {
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!("sagaflow_saga_index_lag_events").set(lag as f64);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

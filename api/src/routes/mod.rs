@@ -20,3 +20,11 @@ pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
         Err(ApiError::BadRequest(format!("{what} must be 1-100 characters of letters, digits, '-', '_' or '.'")))
     }
 }
+
+/// A page size from `?limit=`: 50 when absent, 1 to 500.
+pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(50) {
+        limit @ 1..=500 => Ok(limit),
+        _ => Err(ApiError::BadRequest("limit must be between 1 and 500".into())),
+    }
+}

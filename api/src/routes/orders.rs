@@ -193,6 +193,8 @@ mod tests {
             coordinator,
             orders: Arc::clone(&orders),
             metrics: crate::metrics::recorder(),
+            projection: engine::saga_index_projection::SagaIndexProjection::new(Arc::clone(&store)),
+            stuck_after: engine::stuck_sagas::DEFAULT_STUCK_AFTER,
         };
         let submitted = orders.submit(order("2.00")).await.unwrap();
         let id = submitted.order_id.clone();

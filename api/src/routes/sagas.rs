@@ -4,8 +4,10 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, Utc};
 use engine::coordinator::SagaView;
 use engine::saga::{SagaStatus, StepStatus};
+use event_store::saga_index::{SagaCursor, SagaQuery, StuckFilter};
 use event_store::EventStoreExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -155,7 +157,8 @@ pub async fn timeline(State(state): State<AppState>, AppPath(id): AppPath<String
         return Err(ApiError::NotFound(format!("no saga '{id}'")));
     }
     let svg = crate::timeline::render(&events)?;
-    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+    // The picture changes as the saga moves on: never serve a stale one.
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "no-store")], svg).into_response())
 }
 
 /// Filters and paging of the saga list.
@@ -163,48 +166,103 @@ pub async fn timeline(State(state): State<AppState>, AppPath(id): AppPath<String
 pub struct ListQuery {
     pub status: Option<SagaStatus>,
     pub definition: Option<String>,
-    /// Continue after this saga id (the previous page's `next_after`).
-    pub after: Option<Uuid>,
+    /// Only sagas stuck (`true`) or not stuck (`false`): no progress for longer than the
+    /// definition's threshold, or the engine's default, while running, compensating or failed.
+    pub stuck: Option<bool>,
+    /// Started at or after this time (RFC 3339).
+    pub started_from: Option<DateTime<Utc>>,
+    /// Started before this time (RFC 3339).
+    pub started_to: Option<DateTime<Utc>>,
+    /// `asc` (oldest first, the default) or `desc`.
+    pub order: Option<ListOrder>,
+    /// Continue where the previous page ended (its `next_cursor`).
+    pub cursor: Option<String>,
     /// Page size (default 50, at most 500).
     pub limit: Option<usize>,
+}
+
+/// The order of a saga list, by start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListOrder {
+    Asc,
+    Desc,
+}
+
+/// One saga in a list, from the saga index.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SagaSummary {
+    pub saga_id: Uuid,
+    pub definition: DefinitionRef,
+    pub status: SagaStatus,
+    pub current_step: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub last_progress_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub stuck: bool,
 }
 
 /// One page of sagas.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SagaPage {
-    pub sagas: Vec<SagaResponse>,
-    /// Pass as `after` for the next page; absent on the last one.
-    pub next_after: Option<Uuid>,
+    pub sagas: Vec<SagaSummary>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
 }
 
-/// Lists sagas, oldest first, optionally filtered by status and definition name.
+/// The response header that tells how many events the saga index has yet to take in.
+pub const INDEX_LAG_HEADER: &str = "sagaflow-index-lag";
+
+/// Lists sagas from the saga index by start time, filtered by status, definition, stuck and
+/// start time, a page at a time. The index follows the event store: header
+/// `Sagaflow-Index-Lag` tells how many events it has yet to take in.
 #[utoipa::path(get, path = "/sagas", tag = "sagas", params(ListQuery),
-    responses((status = 200, body = SagaPage), (status = 400)))]
-pub async fn list(State(state): State<AppState>, AppQuery(query): AppQuery<ListQuery>) -> ApiResult<Json<SagaPage>> {
-    let limit = query.limit.unwrap_or(50);
-    if limit == 0 || limit > 500 {
-        return Err(ApiError::BadRequest("limit must be between 1 and 500".into()));
-    }
-    let mut sagas = Vec::new();
-    let mut after = query.after;
-    loop {
-        let ids = state.coordinator.list(after, 200).await?;
-        for id in &ids {
-            let Some(view) = state.coordinator.load(*id).await? else { continue };
-            let status_ok = query.status.is_none_or(|s| s == view.state.status);
-            let name_ok =
-                query.definition.as_deref().is_none_or(|n| view.state.definition.as_ref().is_some_and(|d| d.name == n));
-            if status_ok && name_ok {
-                sagas.push(saga_response(*id, view));
-                if sagas.len() == limit {
-                    // More may follow: the next page continues after this saga.
-                    return Ok(Json(SagaPage { sagas, next_after: Some(*id) }));
-                }
-            }
+    responses((status = 200, body = SagaPage, headers(("Sagaflow-Index-Lag" = u64))), (status = 400)))]
+pub async fn list(State(state): State<AppState>, AppQuery(query): AppQuery<ListQuery>) -> ApiResult<Response> {
+    let limit = crate::routes::page_limit(query.limit)?;
+    let after = match query.cursor.as_deref() {
+        Some(text) => Some(
+            SagaCursor::decode(text)
+                .ok_or_else(|| ApiError::BadRequest("cursor is not one this API gave out".into()))?,
+        ),
+        None => None,
+    };
+    if let (Some(from), Some(to)) = (query.started_from, query.started_to) {
+        if from >= to {
+            return Err(ApiError::BadRequest("started_from must be before started_to".into()));
         }
-        if ids.len() < 200 {
-            return Ok(Json(SagaPage { sagas, next_after: None }));
-        }
-        after = ids.last().copied();
     }
+    let now = Utc::now();
+    let default_after_ms = u64::try_from(state.stuck_after.as_millis()).unwrap_or(u64::MAX);
+    let index_query = SagaQuery {
+        status: query.status.map(|s| s.as_str().to_owned()),
+        definition: query.definition,
+        stuck: query.stuck.map(|stuck| StuckFilter { stuck, now, default_after_ms }),
+        started_from: query.started_from,
+        started_to: query.started_to,
+        after,
+        descending: query.order == Some(ListOrder::Desc),
+        limit: limit + 1,
+    };
+    let mut rows = state.projection.index().query(&index_query).await?;
+    let next_cursor = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        rows.last().map(|r| SagaCursor::after(r).encode())
+    });
+    let sagas = rows
+        .into_iter()
+        .map(|row| SagaSummary {
+            stuck: row.is_stuck(now, default_after_ms),
+            saga_id: row.saga_id,
+            definition: DefinitionRef { name: row.definition, version: row.definition_version },
+            status: SagaStatus::parse(&row.status).unwrap_or_default(),
+            current_step: row.current_step,
+            started_at: row.started_at,
+            last_progress_at: row.last_progress_at,
+            finished_at: row.finished_at,
+        })
+        .collect();
+    let lag = state.projection.lag().await?;
+    let page = SagaPage { sagas, next_cursor: next_cursor.flatten() };
+    Ok(([(INDEX_LAG_HEADER, lag.to_string())], Json(page)).into_response())
 }

@@ -240,7 +240,7 @@ impl Transport for KafkaTransport {
         consumer.subscribe(&names).map_err(|e| kafka_err("subscribing", &e))?;
         tracing::info!(%group, ?topics, "kafka consumer subscribed");
         Ok(Box::new(KafkaConsumer {
-            consumer,
+            consumer: Some(consumer),
             group: group.to_owned(),
             topics: topics.to_vec(),
             since: Instant::now(),
@@ -286,7 +286,8 @@ impl ConsumerContext for GroupLog {
 }
 
 struct KafkaConsumer {
-    consumer: StreamConsumer<GroupLog>,
+    /// Always there until the consumer is dropped (see its `Drop`).
+    consumer: Option<StreamConsumer<GroupLog>>,
     group: String,
     topics: Vec<String>,
     since: Instant,
@@ -297,11 +298,29 @@ struct KafkaConsumer {
     topic_vanished: Option<Instant>,
 }
 
+impl Drop for KafkaConsumer {
+    /// An rdkafka consumer's destructor leaves the group and waits for the broker (100 ms on
+    /// an idle loopback broker, far longer on a busy or stalled one): it runs on a blocking
+    /// thread, so that a crashed or stopped consumer task never stalls the async threads.
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(consumer))),
+            Err(_) => drop(consumer),
+        }
+    }
+}
+
 impl KafkaConsumer {
+    fn consumer(&self) -> Result<&StreamConsumer<GroupLog>> {
+        self.consumer.as_ref().ok_or_else(|| Error::Transport("the consumer is closed".into()))
+    }
+
     /// A member that never gets partitions would sit silently forever (a known broker-side
     /// rebalance hang): say so loudly instead.
     fn check_assignment(&mut self) {
-        let assigned = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        let Some(consumer) = self.consumer.as_ref() else { return };
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
         if assigned > 0 {
             self.topic_vanished = None;
         } else if self.topic_vanished.is_some_and(|at| at.elapsed() >= RESUBSCRIBE_AFTER) {
@@ -309,8 +328,8 @@ impl KafkaConsumer {
             // notice (seen on a broker restarted empty): join it again.
             self.topic_vanished = None;
             let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-            self.consumer.unsubscribe();
-            match self.consumer.subscribe(&names) {
+            consumer.unsubscribe();
+            match consumer.subscribe(&names) {
                 Ok(()) => {
                     tracing::warn!(group = %self.group, "no partitions since the topics vanished; subscribed again")
                 }
@@ -335,7 +354,7 @@ impl KafkaConsumer {
 impl Consumer for KafkaConsumer {
     async fn recv(&mut self) -> Result<Delivery> {
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), self.consumer.recv()).await {
+            match tokio::time::timeout(Duration::from_secs(5), self.consumer()?.recv()).await {
                 Err(_) => self.check_assignment(),
                 Ok(Err(err)) => {
                     let vanished = matches!(
@@ -375,7 +394,7 @@ impl Consumer for KafkaConsumer {
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&delivery.topic, delivery.partition, Offset::Offset(delivery.offset + 1))
             .map_err(|e| kafka_err("building commit", &e))?;
-        self.consumer.commit(&list, CommitMode::Async).map_err(|e| kafka_err("committing offset", &e))
+        self.consumer()?.commit(&list, CommitMode::Async).map_err(|e| kafka_err("committing offset", &e))
     }
 }
 

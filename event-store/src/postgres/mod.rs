@@ -171,6 +171,23 @@ impl EventStore for PgEventStore {
         rows.iter().map(event_from_row).collect()
     }
 
+    async fn count_after(&self, after: AllPosition, cap: usize) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM events
+               WHERE (transaction_id, global_position) > ($1::int8::text::xid8, $2) LIMIT $3) AS behind",
+        )
+        .bind(i64_of(after.transaction_id))
+        .bind(i64_of(after.global_position))
+        .bind(limit_of(cap))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64_of(count))
+    }
+
+    fn saga_index(&self) -> Arc<dyn crate::saga_index::SagaIndex> {
+        Arc::new(crate::saga_index::PgSagaIndex::new(self.pool.clone()))
+    }
+
     async fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT stream_id FROM streams WHERE starts_with(stream_id, $1)
