@@ -31,4 +31,10 @@ echo "[test] scripts/fuzz-api.sh" >&2
 fuzz=0
 scripts/fuzz-api.sh || fuzz=$?
 [ "$fuzz" = 0 ] || echo "[test] the API fuzz run failed (exit $fuzz)" >&2
-[ "$status" = 0 ] && [ "$fuzz" = 0 ]
+
+# The console in headless Chromium (installed when it can be; skipped, saying why, when not).
+echo "[test] scripts/ui-screenshots.sh" >&2
+ui=0
+scripts/ui-screenshots.sh || ui=$?
+[ "$ui" = 0 ] || echo "[test] the console check failed (exit $ui)" >&2
+[ "$status" = 0 ] && [ "$fuzz" = 0 ] && [ "$ui" = 0 ]

@@ -18,8 +18,8 @@ CREATE INDEX saga_index_started ON saga_index (started_us, saga_id);
 CREATE INDEX saga_index_status_started ON saga_index (status, started_us, saga_id);
 CREATE INDEX saga_index_definition_started ON saga_index (definition, started_us, saga_id);
 CREATE INDEX saga_index_definition_status_started ON saga_index (definition, status, started_us, saga_id);
--- Stuck detection looks only at sagas still waiting for something.
-CREATE INDEX saga_index_open_progress ON saga_index (progress_us) WHERE status IN ('RUNNING', 'COMPENSATING', 'FAILED');
+-- Stuck detection and the stuck filter look only at sagas still waiting for something, in page order.
+CREATE INDEX saga_index_open_started ON saga_index (started_us, saga_id) WHERE status IN ('RUNNING', 'COMPENSATING', 'FAILED');
 
 -- Where each projection of $all has got to; moved in the same transaction as its rows.
 CREATE TABLE projection_checkpoints (

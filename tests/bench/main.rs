@@ -6,7 +6,8 @@
 //! - `broker`: the Kafka-protocol broker alone (rdkafka, no engine);
 //! - `sagas`: order sagas over HTTP against the real binary, PostgreSQL + Kafka and
 //!   embedded: one saga alone, then rising fixed rates until p99 POST → terminal ≥ 250 ms;
-//! - `retention`: batched deletes on millions of rows.
+//! - `retention`: batched deletes on millions of rows;
+//! - `index`: filtered pages of a saga index of 1,000,000 sagas (`BENCH_INDEX_SAGAS`).
 //!
 //! No section named: all of them. Needs `DATABASE_URL` and `KAFKA_BOOTSTRAP_SERVERS`
 //! (`eval "$(scripts/services.sh)"`). `BENCH_SECONDS` (default 3) is the time of each
@@ -25,6 +26,7 @@ mod cpu;
 mod http_load;
 mod replay;
 mod retention;
+mod saga_index;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -144,6 +146,14 @@ async fn appends_section(url: &str, seconds: u64) {
     println!("lowest ours/raw: {worst:.2}");
     pool.close().await;
     drop(store);
+    drop_database(url, &db).await;
+}
+
+async fn index_section(url: &str) {
+    let (store, db, db_url) = fresh_postgres(url).await.expect("a bench database on DATABASE_URL");
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db_url).await.unwrap();
+    saga_index::saga_index(store, pool.clone(), env_u64("BENCH_INDEX_SAGAS", 1_000_000)).await;
+    pool.close().await;
     drop_database(url, &db).await;
 }
 
@@ -271,7 +281,7 @@ async fn main() {
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect("KAFKA_BOOTSTRAP_SERVERS");
     let mut sections: Vec<String> = std::env::args().skip(1).collect();
     if sections.is_empty() {
-        sections = ["appends", "replay", "broker", "sagas", "retention"].map(String::from).to_vec();
+        sections = ["appends", "replay", "broker", "sagas", "retention", "index"].map(String::from).to_vec();
     }
     let mut broker_bound = None;
     for section in &sections {
@@ -281,7 +291,8 @@ async fn main() {
             "broker" => broker_bound = Some(broker_section(&bootstrap).await),
             "sagas" => sagas_section(&url, &bootstrap, broker_bound).await,
             "retention" => retention::retention(&url, 2_000_000).await,
-            other => eprintln!("unknown section '{other}' (appends, replay, broker, sagas, retention)"),
+            "index" => index_section(&url).await,
+            other => eprintln!("unknown section '{other}' (appends, replay, broker, sagas, retention, index)"),
         }
     }
     println!("bench peak RSS {:.1} MiB", peak_rss_mib_of(std::process::id()));
