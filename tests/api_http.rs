@@ -181,7 +181,7 @@ mod routes {
         );
         // Two registered versions compared.
         let (status, diff) = s.call(Method::GET, "/saga-definitions/reserve-only/diff?from=1&to=2", None).await;
-        assert_eq!((status, diff), (200, json!({ "added": [], "removed": [], "changed": [] })));
+        assert_eq!((status, diff), (200, json!({ "added": [], "removed": [], "changed": [], "fields": [] })));
         assert_eq!(s.call(Method::GET, "/saga-definitions/reserve-only/diff?from=1&to=9", None).await.0, 404);
         let bad = json!({ "name": "reserve-only", "steps": [] });
         assert_eq!(s.call(Method::POST, "/saga-definitions?dry_run=true", Some(bad)).await.0, 422);
@@ -555,13 +555,18 @@ mod routes {
         s.stop().await;
     }
 
-    /// Sagas of a definition whose participant never answers: running and, after the
-    /// definition's one-second threshold, stuck.
+    /// Sagas of definitions whose participant never answers, with a one-second stuck threshold:
+    /// those whose pivot timed out (FAILED, waiting for an operator) are stuck a second later;
+    /// those still within a long step deadline are not.
     pub async fn the_saga_index_lists_filters_pages_and_finds_stuck_sagas(s: TestServer) {
         let silent = json!({ "name": "silent", "stuck_after_ms": 1000, "steps": [
-            { "name": "wait", "participant": "nobody", "command": "Hello", "timeout_ms": 600000 }
+            { "name": "wait", "participant": "nobody", "command": "Hello", "timeout_ms": 200, "retry": { "max_attempts": 1 } }
         ]});
         assert_eq!(s.call(Method::POST, "/saga-definitions", Some(silent)).await.0, 201);
+        let patient = json!({ "name": "patient", "stuck_after_ms": 1000, "steps": [
+            { "name": "wait", "participant": "nobody", "command": "Hello", "timeout_ms": 600000 }
+        ]});
+        assert_eq!(s.call(Method::POST, "/saga-definitions", Some(patient)).await.0, 201);
         let mut ids = Vec::new();
         for n in 0..5 {
             let start = json!({ "definition": "silent", "input": { "n": n } });
@@ -569,14 +574,17 @@ mod routes {
             assert_eq!(status, 202);
             ids.push(started["saga_id"].as_str().unwrap().to_owned());
         }
+        let (status, waiting) =
+            s.call(Method::POST, "/sagas", Some(json!({ "definition": "patient", "input": {} }))).await;
+        assert_eq!(status, 202);
         // Oldest first, two at a time, over three pages.
         let mut seen = Vec::new();
         let mut query = "?definition=silent&limit=2".to_owned();
         loop {
             let page = saga_list(&s, &query).await;
             for saga in page["sagas"].as_array().unwrap() {
-                assert_eq!((saga["status"].as_str(), saga["current_step"].as_str()), (Some("RUNNING"), Some("wait")));
                 assert_eq!(saga["definition"], json!({ "name": "silent", "version": 1 }));
+                assert_eq!(saga["current_step"], "wait");
                 seen.push(saga["saga_id"].as_str().unwrap().to_owned());
             }
             match page["next_cursor"].as_str() {
@@ -596,18 +604,26 @@ mod routes {
         let from_first = saga_list(&s, &format!("?definition=silent&started_from={to}")).await;
         assert_eq!(from_first["sagas"].as_array().unwrap().len(), 5);
 
-        // After a second without progress, each is stuck: in the list, and in the gauge.
+        // Their pivot times out: FAILED, and a second later stuck, in the list and the gauge.
         let mut stuck = Value::Null;
         for _ in 0..100 {
-            stuck = saga_list(&s, "?stuck=true&definition=silent").await;
+            stuck = saga_list(&s, "?stuck=true").await;
             if stuck["sagas"].as_array().unwrap().len() == 5 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        assert_eq!(stuck["sagas"].as_array().unwrap().len(), 5, "{stuck}");
-        assert!(stuck["sagas"][0]["stuck"].as_bool().unwrap());
+        let stuck_sagas = stuck["sagas"].as_array().unwrap();
+        assert_eq!(stuck_sagas.len(), 5, "{stuck}");
+        assert!(stuck_sagas.iter().all(|s| s["status"] == "FAILED" && s["stuck"] == true), "{stuck}");
         assert_eq!(saga_list(&s, "?stuck=false&definition=silent").await["sagas"], json!([]));
+        // The patient saga has been idle as long, but its step's deadline is ten minutes away.
+        let patient = saga_list(&s, "?definition=patient").await;
+        assert_eq!(patient["sagas"][0]["saga_id"], waiting["saga_id"]);
+        assert_eq!(
+            (patient["sagas"][0]["status"].as_str(), patient["sagas"][0]["stuck"].as_bool()),
+            (Some("RUNNING"), Some(false))
+        );
         let mut gauge = String::new();
         for _ in 0..100 {
             let metrics = s.send(Method::GET, "/metrics", None).await.text().await.unwrap();
@@ -642,7 +658,7 @@ mod routes {
         let done = saga_list(&s, "?status=COMPLETED&definition=silent").await;
         assert_eq!(done["sagas"].as_array().unwrap().len(), 5);
         assert!(done["sagas"][0]["finished_at"].is_string());
-        assert_eq!(saga_list(&s, "?stuck=true&definition=silent").await["sagas"], json!([]));
+        assert_eq!(saga_list(&s, "?stuck=true").await["sagas"], json!([]));
 
         for bad in [
             "?cursor=nonsense",

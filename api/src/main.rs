@@ -83,12 +83,21 @@ struct ServeArgs {
     outbox_retention: Duration,
     /// How long a saga may go without progress before it counts as stuck (a definition's
     /// `stuck_after_ms` wins).
-    #[arg(long, env = "SAGAFLOW_STUCK_AFTER", default_value = "15m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SAGAFLOW_STUCK_AFTER", default_value = "15m", value_parser = stuck_after)]
     stuck_after: Duration,
     /// How long processed-message (deduplication) records are kept; keep it longer than the
     /// topics' retention, so a message redelivered from Kafka is still recognised.
     #[arg(long, env = "SAGAFLOW_DEDUP_WINDOW", default_value = "8d", value_parser = humantime::parse_duration)]
     dedup_window: Duration,
+}
+
+/// A stuck threshold: 1 s to 30 days, as a definition's `stuck_after_ms`.
+fn stuck_after(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(30 * 24 * 3600) {
+        return Err("must be between 1s and 30d".into());
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {

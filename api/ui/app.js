@@ -404,16 +404,17 @@ async function definitionPage(name, token) {
 }
 
 function diffHtml(d, from, to) {
-  const added = d.added || [], removed = d.removed || [], changed = d.changed || [];
+  const added = d.added || [], removed = d.removed || [], changed = d.changed || [], fields = d.fields || [];
   const list = (xs, cls) => (xs.length
     ? `<ul class="diff ${cls}">${xs.map((x) => `<li><code>${esc(x)}</code></li>`).join('')}</ul>` : '<p class="muted">none</p>');
   const head = `<p class="muted">v${esc(from)} → v${esc(to)}</p>`;
-  if (!added.length && !removed.length && !changed.length) return `${head}<p>No differences.</p>`;
+  if (!added.length && !removed.length && !changed.length && !fields.length) return `${head}<p>No differences.</p>`;
   const rows = changed.map((c) => `<tr><td><code>${esc(c.step)}</code></td>
       <td>${(c.fields || []).map((f) => `<span class="chip">${esc(f)}</span>`).join(' ')}</td></tr>`).join('');
   return `${head}<div class="diff-grid">
     <div><h3>Added steps</h3>${list(added, 'added')}</div>
     <div><h3>Removed steps</h3>${list(removed, 'removed')}</div></div>
+    ${fields.length ? `<h3>Changed definition fields</h3><p>${fields.map((f) => `<span class="chip">${esc(f)}</span>`).join(' ')}</p>` : ''}
     <h3>Changed steps</h3>${changed.length ? `<table class="data"><thead><tr><th>Step</th><th>Changed fields</th></tr></thead>
       <tbody>${rows}</tbody></table>` : '<p class="muted">none</p>'}`;
 }

@@ -13,6 +13,9 @@ pub struct DefinitionDiff {
     pub removed: Vec<String>,
     /// Steps both have, with the fields that differ (`position` when it moved).
     pub changed: Vec<StepChange>,
+    /// Fields of the definition itself that differ (`stuck_after_ms`).
+    #[serde(default)]
+    pub fields: Vec<String>,
 }
 
 /// One step present in both versions that differs.
@@ -58,7 +61,15 @@ impl DefinitionDiff {
             }
         }
         diff.removed = old_steps.iter().filter(|s| new.step_index(&s.name).is_none()).map(|s| s.name.clone()).collect();
+        if old.is_some_and(|d| d.stuck_after_ms != new.stuck_after_ms) {
+            diff.fields.push("stuck_after_ms".into());
+        }
         diff
+    }
+
+    /// Whether the two versions differ in anything but their version number.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty() && self.fields.is_empty()
     }
 }
 

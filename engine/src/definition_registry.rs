@@ -60,7 +60,7 @@ impl DefinitionRegistry {
     /// Registers `definition` unless its latest version already has the same steps.
     pub async fn ensure(&self, definition: SagaDefinition) -> Result<Arc<SagaDefinition>> {
         if let Some(latest) = self.latest(&definition.name).await? {
-            if latest.steps == definition.steps {
+            if crate::definition_diff::DefinitionDiff::between(Some(&latest), &definition).is_empty() {
                 return Ok(latest);
             }
         }
@@ -158,6 +158,8 @@ mod tests {
         let fresh = DefinitionRegistry::new(Arc::clone(&registry.store));
         assert_eq!(fresh.get("demo", Some(1)).await.unwrap().steps[0].command, "A");
         assert_eq!(fresh.ensure(def("B")).await.unwrap().version, 2, "unchanged: no new version");
+        let patient = SagaDefinition { stuck_after_ms: Some(3_600_000), ..def("B") };
+        assert_eq!(fresh.ensure(patient).await.unwrap().version, 3, "a new stuck threshold is a new version");
     }
 
     #[tokio::test]

@@ -111,7 +111,7 @@ impl Runtime {
         }
         if let Some(stuck_after) = config.saga_index {
             let projection = SagaIndexProjection::new(Arc::clone(&store));
-            let watcher = StuckWatcher::new(Arc::clone(projection.index()), stuck_after);
+            let watcher = StuckWatcher::new(projection.clone(), stuck_after);
             tasks.push(tokio::spawn(projection.run(cancel.clone())));
             let every = (stuck_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
             tasks.push(tokio::spawn(watcher.run(every, cancel.clone())));

@@ -111,6 +111,9 @@ impl SagaIndexProjection {
         let mut failures = 0u32;
         loop {
             changes.borrow_and_update();
+            if cancel.is_cancelled() {
+                return;
+            }
             let pause = match self.step().await {
                 Ok(read) if read == self.batch => {
                     failures = 0;
@@ -155,6 +158,7 @@ fn apply(rows: &mut HashMap<Uuid, SagaRow>, saga_id: Uuid, event: &RecordedEvent
                 started_at: at,
                 last_progress_at: at,
                 finished_at: None,
+                waiting_until: None,
                 stuck_after_ms: definition.stuck_after_ms,
             },
         );
@@ -166,6 +170,13 @@ fn apply(rows: &mut HashMap<Uuid, SagaRow>, saga_id: Uuid, event: &RecordedEvent
     let set_status = |row: &mut SagaRow, status: SagaStatus| {
         row.status = status.as_str().to_owned();
         row.finished_at = status.is_terminal().then_some(at);
+    };
+    // What the saga waits for now: an attempt's deadline or a retry's time, else nothing.
+    row.waiting_until = match saga_event {
+        SagaEvent::StepCommandSent { deadline, .. } | SagaEvent::CompensationSent { deadline, .. } => Some(*deadline),
+        SagaEvent::StepRetryScheduled { at, .. } => Some(*at),
+        SagaEvent::ReplyIgnored { .. } => row.waiting_until,
+        _ => None,
     };
     match saga_event {
         SagaEvent::SagaStarted { .. } => {}
@@ -200,15 +211,12 @@ fn apply(rows: &mut HashMap<Uuid, SagaRow>, saga_id: Uuid, event: &RecordedEvent
         }
         SagaEvent::OperatorResolved { step, outcome, .. } => {
             row.current_step = Some(step.clone());
+            // As the saga's own fold: a success goes forward, a compensation goes back.
             let status = match outcome {
                 Resolution::Succeeded => SagaStatus::Running,
                 Resolution::Compensated => SagaStatus::Compensating,
             };
-            // A resolution of a step of a running saga leaves it running or compensating as
-            // it was; one of a failed saga reopens it.
-            if row.status == SagaStatus::Failed.as_str() {
-                set_status(row, status);
-            }
+            set_status(row, status);
         }
     }
     row.last_progress_at = at;

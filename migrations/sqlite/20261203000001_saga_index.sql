@@ -1,5 +1,6 @@
 -- The saga index: one row per saga, kept by a projection of $all (see event-store/src/saga_index).
--- Times are microseconds since the epoch. `stuck_reported_us` is the progress time at which the
+-- Times are microseconds since the epoch; `waiting_until_us` is the deadline or retry time the
+-- saga waits for (it is not stuck before then). `stuck_reported_us` is the progress time at which the
 -- saga was last reported stuck, so each stuck spell is logged once.
 CREATE TABLE saga_index (
     saga_id TEXT PRIMARY KEY,
@@ -10,6 +11,7 @@ CREATE TABLE saga_index (
     started_us INTEGER NOT NULL,
     progress_us INTEGER NOT NULL,
     finished_us INTEGER,
+    waiting_until_us INTEGER,
     stuck_after_ms INTEGER,
     stuck_reported_us INTEGER
 );

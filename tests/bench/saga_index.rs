@@ -52,6 +52,7 @@ async fn fill(store: &Arc<dyn EventStore>, count: u64, now: DateTime<Utc>) -> Du
                     started_at: at,
                     last_progress_at: progress,
                     finished_at: (!open).then_some(progress),
+                    waiting_until: None,
                     stuck_after_ms: None,
                 }
             })
@@ -103,7 +104,7 @@ fn cases(now: DateTime<Utc>, cursor: SagaCursor) -> Vec<Case> {
             query: SagaQuery { stuck: Some(stuck), ..base.clone() },
             http: format!("/sagas?stuck=true&order=desc&limit={PAGE}"),
             raw: format!(
-                "SELECT {cols} FROM saga_index WHERE status IN ('RUNNING', 'COMPENSATING', 'FAILED') AND progress_us + COALESCE(stuck_after_ms * 1000, 900000000) <= {} ORDER BY started_us DESC, saga_id DESC LIMIT {}",
+                "SELECT {cols} FROM saga_index WHERE status IN ('RUNNING', 'COMPENSATING', 'FAILED') AND CASE WHEN waiting_until_us > progress_us THEN waiting_until_us ELSE progress_us END + COALESCE(stuck_after_ms * 1000, 900000000) <= {} ORDER BY started_us DESC, saga_id DESC LIMIT {}",
                 now.timestamp_micros(), PAGE + 1
             ),
         },

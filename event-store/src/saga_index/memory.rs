@@ -64,8 +64,17 @@ impl SagaIndex for MemorySagaIndex {
             return Err(Error::CheckpointMoved);
         }
         state.checkpoint = to;
+        // Times to the microsecond, as the databases keep them (cursors compare at that grain).
+        let at = super::SagaCursor::stored_time;
         for row in rows {
-            state.rows.insert(row.saga_id, row.clone());
+            let row = SagaRow {
+                started_at: at(row.started_at),
+                last_progress_at: at(row.last_progress_at),
+                finished_at: row.finished_at.map(at),
+                waiting_until: row.waiting_until.map(at),
+                ..row.clone()
+            };
+            state.rows.insert(row.saga_id, row);
         }
         Ok(())
     }

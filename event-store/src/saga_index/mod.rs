@@ -36,15 +36,20 @@ pub struct SagaRow {
     /// The saga's last event that moved it on.
     pub last_progress_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The deadline of the attempt in flight, or the time of the retry it waits for: a saga
+    /// waiting for one is idle by design until then.
+    pub waiting_until: Option<DateTime<Utc>>,
     /// The definition's own stuck threshold; the global default applies when absent.
     pub stuck_after_ms: Option<u64>,
 }
 
 impl SagaRow {
-    /// Whether the saga has made no progress for longer than its threshold.
+    /// Whether the saga has made no progress for longer than its threshold, counted from its
+    /// last progress or, when later, from the deadline or retry it was waiting for.
     pub fn is_stuck(&self, now: DateTime<Utc>, default_stuck_after_ms: u64) -> bool {
+        let idle_from = self.waiting_until.map_or(self.last_progress_at, |w| w.max(self.last_progress_at));
         OPEN_STATUSES.contains(&self.status.as_str())
-            && self.last_progress_at.timestamp_micros() + threshold_us(self.stuck_after_ms, default_stuck_after_ms)
+            && idle_from.timestamp_micros().saturating_add(threshold_us(self.stuck_after_ms, default_stuck_after_ms))
                 <= now.timestamp_micros()
     }
 }
@@ -64,6 +69,11 @@ impl SagaCursor {
     /// The cursor after `row`.
     pub fn after(row: &SagaRow) -> Self {
         Self { started_at: row.started_at, saga_id: row.saga_id }
+    }
+
+    /// `at` as the index stores it: to the microsecond.
+    pub fn stored_time(at: DateTime<Utc>) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
     }
 
     /// An opaque text form for clients.

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::{i64_of, u64_of, AllPosition};
 
 const COLUMNS: &str = "saga_id::text AS saga_id, definition, definition_version::int8 AS definition_version, status, \
-     current_step, started_us, progress_us, finished_us, stuck_after_ms";
+     current_step, started_us, progress_us, finished_us, waiting_until_us, stuck_after_ms";
 
 /// The saga index in the event store's PostgreSQL database.
 #[derive(Clone)]
@@ -69,14 +69,14 @@ impl SagaIndex for PgSagaIndex {
             let stored: Vec<Stored> = rows.iter().map(Stored::of).collect();
             sqlx::query(
                 "INSERT INTO saga_index (saga_id, definition, definition_version, status, current_step, started_us, \
-                    progress_us, finished_us, stuck_after_ms) \
+                    progress_us, finished_us, waiting_until_us, stuck_after_ms) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::int8[], \
-                    $7::int8[], $8::int8[], $9::int8[]) \
+                    $7::int8[], $8::int8[], $9::int8[], $10::int8[]) \
                  ON CONFLICT (saga_id) DO UPDATE SET definition = excluded.definition, \
                     definition_version = excluded.definition_version, status = excluded.status, \
                     current_step = excluded.current_step, started_us = excluded.started_us, \
                     progress_us = excluded.progress_us, finished_us = excluded.finished_us, \
-                    stuck_after_ms = excluded.stuck_after_ms",
+                    waiting_until_us = excluded.waiting_until_us, stuck_after_ms = excluded.stuck_after_ms",
             )
             .bind(rows.iter().map(|r| r.saga_id).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.definition.clone()).collect::<Vec<_>>())
@@ -86,6 +86,7 @@ impl SagaIndex for PgSagaIndex {
             .bind(stored.iter().map(|s| s.started_us).collect::<Vec<_>>())
             .bind(stored.iter().map(|s| s.progress_us).collect::<Vec<_>>())
             .bind(stored.iter().map(|s| s.finished_us).collect::<Vec<_>>())
+            .bind(stored.iter().map(|s| s.waiting_until_us).collect::<Vec<_>>())
             .bind(stored.iter().map(|s| s.stuck_after_ms).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;

@@ -22,6 +22,7 @@ pub(super) struct StoredRow {
     started_us: i64,
     progress_us: i64,
     finished_us: Option<i64>,
+    waiting_until_us: Option<i64>,
     stuck_after_ms: Option<i64>,
 }
 
@@ -38,6 +39,7 @@ impl StoredRow {
             started_at: at(self.started_us),
             last_progress_at: at(self.progress_us),
             finished_at: self.finished_us.map(at),
+            waiting_until: self.waiting_until_us.map(at),
             stuck_after_ms: self.stuck_after_ms.map(u64_of),
         })
     }
@@ -50,7 +52,11 @@ where
     i64: Encode<'a, DB> + Type<DB>,
 {
     sql.push(if filter.stuck { " AND (" } else { " AND NOT (" });
-    sql.push("status IN ('RUNNING', 'COMPENSATING', 'FAILED') AND progress_us + COALESCE(stuck_after_ms * 1000, ");
+    sql.push(
+        "status IN ('RUNNING', 'COMPENSATING', 'FAILED') AND \
+         CASE WHEN waiting_until_us > progress_us THEN waiting_until_us ELSE progress_us END \
+         + COALESCE(stuck_after_ms * 1000, ",
+    );
     sql.push_bind(threshold_us(None, filter.default_after_ms));
     sql.push(") <= ");
     sql.push_bind(filter.now.timestamp_micros());
@@ -98,6 +104,7 @@ pub(super) struct Stored {
     pub started_us: i64,
     pub progress_us: i64,
     pub finished_us: Option<i64>,
+    pub waiting_until_us: Option<i64>,
     pub stuck_after_ms: Option<i64>,
     pub version: i64,
 }
@@ -108,6 +115,7 @@ impl Stored {
             started_us: row.started_at.timestamp_micros(),
             progress_us: row.last_progress_at.timestamp_micros(),
             finished_us: row.finished_at.map(|t| t.timestamp_micros()),
+            waiting_until_us: row.waiting_until.map(|t| t.timestamp_micros()),
             stuck_after_ms: row.stuck_after_ms.map(crate::model::i64_of),
             version: i64::from(row.definition_version),
         }

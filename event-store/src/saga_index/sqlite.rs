@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::{i64_of, u64_of, AllPosition};
 
 const COLUMNS: &str = "saga_id, definition, definition_version, status, current_step, started_us, progress_us, \
-     finished_us, stuck_after_ms";
+     finished_us, waiting_until_us, stuck_after_ms";
 
 /// The saga index in the embedded store's SQLite database.
 #[derive(Clone)]
@@ -70,12 +70,12 @@ impl SagaIndex for SqliteSagaIndex {
             let stored = Stored::of(row);
             sqlx::query(
                 "INSERT INTO saga_index (saga_id, definition, definition_version, status, current_step, started_us, \
-                    progress_us, finished_us, stuck_after_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                    progress_us, finished_us, waiting_until_us, stuck_after_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (saga_id) DO UPDATE SET definition = excluded.definition, \
                     definition_version = excluded.definition_version, status = excluded.status, \
                     current_step = excluded.current_step, started_us = excluded.started_us, \
                     progress_us = excluded.progress_us, finished_us = excluded.finished_us, \
-                    stuck_after_ms = excluded.stuck_after_ms",
+                    waiting_until_us = excluded.waiting_until_us, stuck_after_ms = excluded.stuck_after_ms",
             )
             .bind(row.saga_id.to_string())
             .bind(&row.definition)
@@ -85,6 +85,7 @@ impl SagaIndex for SqliteSagaIndex {
             .bind(stored.started_us)
             .bind(stored.progress_us)
             .bind(stored.finished_us)
+            .bind(stored.waiting_until_us)
             .bind(stored.stuck_after_ms)
             .execute(&mut *tx)
             .await?;
