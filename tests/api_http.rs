@@ -778,3 +778,43 @@ on_both_backends!(
     the_saga_index_lists_filters_pages_and_finds_stuck_sagas,
     the_console_is_served_from_the_binary,
 );
+
+/// Limits protect the process: long polls past their bound, and bodies past theirs, are
+/// refused with problem+json; a long poll ends before the request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_and_bodies_past_their_bounds_are_refused() {
+    use std::time::{Duration, Instant};
+    let s = TestServer::embedded_with(|o| o.limits = api::limits::Limits::new(1, Duration::from_secs(3), 4096)).await;
+    let patient = json!({ "name": "patient", "steps": [
+        { "name": "wait", "participant": "nobody", "command": "Hello", "timeout_ms": 600000 }
+    ]});
+    assert_eq!(s.call(Method::POST, "/saga-definitions", Some(patient)).await.0, 201);
+    let (_, started) = s.call(Method::POST, "/sagas", Some(json!({ "definition": "patient", "input": {} }))).await;
+    let path = format!("/sagas/{}?wait=30", started["saga_id"].as_str().unwrap());
+    let first = {
+        let (client, url) = (s.client.clone(), format!("{}{path}", s.base));
+        tokio::spawn(async move {
+            let asked = Instant::now();
+            let response = client.get(url).send().await.unwrap();
+            (response.status().as_u16(), asked.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = s.send(Method::GET, &path, None).await;
+    assert_eq!(second.status().as_u16(), 503, "one long poll at a time");
+    assert_eq!(second.headers()["retry-after"], "1");
+    assert_eq!(second.headers()["content-type"], "application/problem+json");
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["type"], "urn:sagaflow:problem:busy");
+    // Without waiting, it answers at once.
+    let (status, saga) = s.call(Method::GET, path.split('?').next().unwrap(), None).await;
+    assert_eq!((status, saga["status"].as_str()), (200, Some("RUNNING")));
+    // The long poll ends a second before the 3 s request timeout, with the saga as it is.
+    let (status, took) = first.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(3), "the wait ends before the request timeout: {took:?}");
+    let big = json!({ "name": "x".repeat(5000), "steps": [] });
+    let (status, body) = s.call(Method::POST, "/saga-definitions", Some(big)).await;
+    assert_eq!((status, body["type"].as_str()), (413, Some("urn:sagaflow:problem:payload-too-large")));
+    s.stop().await;
+}

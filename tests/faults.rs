@@ -206,3 +206,45 @@ async fn sigterm_stops_within_15_seconds_with_the_broker_gone(pool: PgPool) {
         .expect("count");
     assert!(pending >= 5, "what was not published stays in the outbox ({pending})");
 }
+
+/// Three processes, one role each: every one answers its probes and is scraped, the workers
+/// serve nothing else, and orders go through all three.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn every_process_serves_health_and_metrics_whatever_its_roles(pool: PgPool) {
+    let logs = log_dir("roles");
+    let prefix = unique_prefix();
+    let url = database_url_of(&pool).await;
+    // (role, consumers it runs: the coordinator's replies; inventory, orders, payments)
+    let roles = [("api", 0), ("coordinator", 1), ("participants", 3)];
+    let mut processes: Vec<EngineProcess> = roles
+        .iter()
+        .map(|(role, _)| {
+            let spec =
+                EngineSpec { roles: (*role).into(), ..spec(url.clone(), kafka_bootstrap(), &prefix, role, &logs) };
+            EngineProcess::start(spec)
+        })
+        .collect();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    for (process, (role, consumers)) in processes.iter_mut().zip(roles) {
+        // Ready: the store and the transport answer, and each consumer has its assignment.
+        process.ready(Duration::from_secs(60)).await;
+        let live = client.get(format!("{}/health/live", process.base)).send().await.unwrap();
+        assert_eq!(live.status(), 200, "{role}");
+        let ready: serde_json::Value =
+            client.get(format!("{}/health/ready", process.base)).send().await.unwrap().json().await.unwrap();
+        let checks = ready["checks"].as_array().unwrap();
+        let consumer_checks = checks.iter().filter(|c| c["name"].as_str().unwrap().starts_with("consumer ")).count();
+        assert_eq!(consumer_checks, consumers, "{role}: {ready}");
+        let metrics = client.get(format!("{}/metrics", process.base)).send().await.unwrap();
+        assert_eq!(metrics.status(), 200, "{role}");
+        assert!(metrics.text().await.unwrap().contains("http_request_duration_seconds"), "{role}");
+        let api = client.get(format!("{}/saga-definitions", process.base)).send().await.unwrap().status();
+        assert_eq!(api.as_u16(), if role == "api" { 200 } else { 404 }, "{role} serves the API only with the api role");
+    }
+    let shop = Arc::new(Shop::new(vec![processes[0].base.clone()], 1, 100, 1, Decimal::from(10_000)));
+    shop.stock_up().await;
+    let placed: Vec<Placed> =
+        place_in_background(Arc::clone(&shop), 0..5, 10).await.expect("placing").into_iter().map(|(p, _)| p).collect();
+    let views = shop.settle(&placed, Duration::from_secs(60)).await;
+    assert_eq!(shop.check_invariants(&placed, &views).await, (5, 0), "every order approved across the three processes");
+}

@@ -10,12 +10,9 @@ use crate::openapi::ApiDoc;
 use crate::routes::{aggregates, customers, definitions, health, inventory, orders, saga_actions, sagas, streams};
 use crate::state::AppState;
 
-/// Request bodies larger than this are refused with 413.
-const BODY_LIMIT: usize = 1024 * 1024;
-
 /// Every route of the API.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/inventory/{sku}", put(inventory::set_stock).get(inventory::get_stock))
         .route("/customers/{id}/credit", put(customers::set_credit).get(customers::get_credit))
         .route("/orders", post(orders::submit))
@@ -33,19 +30,36 @@ pub fn router(state: AppState) -> Router {
         .route("/sagas/{id}/steps/{step}/resolve", post(saga_actions::resolve))
         .route("/aggregates/{type}/{id}", get(aggregates::get_aggregate))
         .route("/streams/{id}/events", get(streams::read).post(streams::append))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
         .route("/ui", get(crate::console::index))
         .route("/ui/", get(crate::console::index))
         .route("/ui/app.js", get(crate::console::script))
         .route("/ui/style.css", get(crate::console::style))
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }));
+    finish(routes.merge(operations()), &state).with_state(state)
+}
+
+/// What a process without the `api` role serves: health and metrics only, so that every
+/// worker can be probed and scraped.
+pub fn operations_router(state: AppState) -> Router {
+    finish(operations(), &state).with_state(state)
+}
+
+fn operations() -> Router<AppState> {
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+}
+
+/// The fallbacks and layers every router shares.
+fn finish(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    router
         .fallback(|| async { ApiError::NoRoute("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed("method not allowed on this route".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
         .layer(middleware::from_fn(crate::extract::reject_control_characters))
         .layer(middleware::from_fn(crate::metrics::track))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(state.limits.body_bytes))
+        .layer(middleware::from_fn_with_state(state.limits.clone(), crate::limits::request_timeout))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
 }

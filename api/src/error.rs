@@ -19,6 +19,8 @@ pub enum ApiError {
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
     Forbidden(String),
     #[error("{detail}")]
     Conflict { detail: String, actual_version: Option<u64> },
@@ -28,6 +30,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Past a bound that protects the process (long polls, request time): try again soon.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Engine(#[from] engine::Error),
     #[error(transparent)]
@@ -129,6 +134,7 @@ impl ApiError {
             Self::NotFound(_) => simple(StatusCode::NOT_FOUND, "not-found"),
             Self::NoRoute(_) => simple(StatusCode::NOT_FOUND, "no-such-route"),
             Self::MethodNotAllowed(_) => simple(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+            Self::Unauthorized(_) => simple(StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => simple(StatusCode::FORBIDDEN, "forbidden"),
             Self::Conflict { actual_version, .. } => Problem {
                 status: StatusCode::CONFLICT,
@@ -139,6 +145,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => simple(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
             Self::PayloadTooLarge(_) => simple(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             Self::Unavailable(_) => simple(StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Busy(_) => simple(StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Engine(e) => engine_problem(e),
             Self::Store(e) => store_problem(e),
         }
@@ -157,7 +164,15 @@ impl IntoResponse for ApiError {
         if let (Value::Object(body), Value::Object(extra)) = (&mut body, problem.extra) {
             body.extend(extra);
         }
-        (problem.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
+        let mut response =
+            (problem.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
+        if matches!(self, Self::Busy(_)) {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::Unauthorized(_)) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 

@@ -1,10 +1,12 @@
 //! The Sagaflow REST API (axum) and the composition of a running engine.
 
 pub mod app;
+pub mod auth;
 pub mod console;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

@@ -4,12 +4,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use api::auth::AuthConfig;
 use api::server::{self, Roles, StartError, StoreConfig, TransportConfig};
 use clap::{Args, Parser, Subcommand};
 use engine::topics::Topics;
 use engine::transport::kafka::KafkaConfig;
+use jsonwebtoken::Algorithm;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -23,7 +26,7 @@ struct Cli {
 enum Command {
     /// Runs the engine. With neither DATABASE_URL nor KAFKA_BOOTSTRAP_SERVERS it runs
     /// embedded: a SQLite store in the data directory and an in-process transport.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// The saga index (the read model behind `GET /sagas`).
     Index {
         #[command(subcommand)]
@@ -36,6 +39,76 @@ enum IndexCommand {
     /// Empties the saga index and builds it again from every saga's history. Engines may
     /// keep running: their projections go on from the rebuild's checkpoint.
     Rebuild(StoreArgs),
+}
+
+/// Bearer-token authentication. On whenever a key is given; required (unless
+/// `--insecure-no-auth`) when the HTTP address is not loopback.
+#[derive(Args)]
+struct AuthArgs {
+    /// HS256: the shared secret tokens are signed with.
+    #[arg(long, env = "SAGAFLOW_AUTH_HS256_SECRET", hide_env_values = true)]
+    auth_hs256_secret: Option<String>,
+    /// RS256 or ES256: a PEM file with the public key tokens are checked with.
+    #[arg(long, env = "SAGAFLOW_AUTH_PUBLIC_KEY")]
+    auth_public_key: Option<PathBuf>,
+    /// The algorithm of `--auth-public-key`: RS256 or ES256.
+    #[arg(long, env = "SAGAFLOW_AUTH_ALGORITHM", default_value = "RS256")]
+    auth_algorithm: String,
+    /// A JWKS file: tokens are checked with the key their `kid` names.
+    #[arg(long, env = "SAGAFLOW_AUTH_JWKS")]
+    auth_jwks: Option<PathBuf>,
+    /// Require this `iss`.
+    #[arg(long, env = "SAGAFLOW_AUTH_ISSUER")]
+    auth_issuer: Option<String>,
+    /// Require this `aud`.
+    #[arg(long, env = "SAGAFLOW_AUTH_AUDIENCE")]
+    auth_audience: Option<String>,
+    /// The claim holding the caller's roles (a dotted path, e.g. `realm_access.roles`).
+    #[arg(long, env = "SAGAFLOW_AUTH_ROLES_CLAIM", default_value = "roles")]
+    auth_roles_claim: String,
+    /// Serve without authentication on a non-loopback address (never in production).
+    #[arg(long, env = "SAGAFLOW_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+}
+
+impl AuthArgs {
+    /// The configured verification, refusing an open API on a non-loopback address.
+    fn config(&self, addr: SocketAddr) -> Result<Option<Arc<AuthConfig>>, StartError> {
+        let config = match (&self.auth_hs256_secret, &self.auth_public_key, &self.auth_jwks) {
+            (None, None, None) => None,
+            (Some(secret), None, None) => Some(AuthConfig::hs256(secret.as_bytes())),
+            (None, Some(pem), None) => {
+                let algorithm = match self.auth_algorithm.as_str() {
+                    "RS256" => Algorithm::RS256,
+                    "ES256" => Algorithm::ES256,
+                    other => return Err(StartError::Config(format!("--auth-algorithm {other}: use RS256 or ES256"))),
+                };
+                Some(AuthConfig::public_key(pem, algorithm).map_err(|e| StartError::Config(e.to_string()))?)
+            }
+            (None, None, Some(jwks)) => Some(AuthConfig::jwks(jwks).map_err(|e| StartError::Config(e.to_string()))?),
+            _ => {
+                return Err(StartError::Config(
+                    "give one of --auth-hs256-secret, --auth-public-key and --auth-jwks".into(),
+                ))
+            }
+        };
+        let Some(mut config) = config else {
+            if addr.ip().is_loopback() || self.insecure_no_auth {
+                return Ok(None);
+            }
+            return Err(StartError::Config(format!(
+                "refusing to serve {addr} without authentication: it is not a loopback address. Give a key \
+                 (--auth-hs256-secret, --auth-public-key or --auth-jwks), or --insecure-no-auth to serve it open"
+            )));
+        };
+        if let Some(issuer) = &self.auth_issuer {
+            config = config.with_issuer(issuer.clone());
+        }
+        if let Some(audience) = &self.auth_audience {
+            config = config.with_audience(audience.clone());
+        }
+        Ok(Some(Arc::new(config.with_roles_claim(self.auth_roles_claim.clone()))))
+    }
 }
 
 #[derive(Args)]
@@ -85,6 +158,17 @@ struct ServeArgs {
     /// `stuck_after_ms` wins).
     #[arg(long, env = "SAGAFLOW_STUCK_AFTER", default_value = "15m", value_parser = stuck_after)]
     stuck_after: Duration,
+    /// Long polls (`?wait=`) served at once; past it, 503 with `Retry-After`.
+    #[arg(long, env = "SAGAFLOW_MAX_LONG_POLLS", default_value_t = 1_000)]
+    max_long_polls: usize,
+    /// The longest a request may take (503 past it); a long poll ends a second before.
+    #[arg(long, env = "SAGAFLOW_REQUEST_TIMEOUT", default_value = "40s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// The largest request body, in bytes (413 past it).
+    #[arg(long, env = "SAGAFLOW_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// How long processed-message (deduplication) records are kept; keep it longer than the
     /// topics' retention, so a message redelivered from Kafka is still recognised.
     #[arg(long, env = "SAGAFLOW_DEDUP_WINDOW", default_value = "8d", value_parser = humantime::parse_duration)]
@@ -116,7 +200,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Index { command: IndexCommand::Rebuild(args) } => runtime.block_on(rebuild_index(args)),
     };
     // Tasks aborted at shutdown may be stuck in a blocking call: do not wait for them long.
@@ -145,6 +229,8 @@ async fn rebuild_index(args: StoreArgs) -> Result<(), StartError> {
 
 async fn serve(args: ServeArgs) -> Result<(), StartError> {
     let roles = Roles::parse(&args.roles).map_err(StartError::Config)?;
+    // Before anything is opened: an API that would be open to the network is refused first.
+    let auth = args.auth.config(args.http_addr)?;
     let store_config = match &args.database_url {
         Some(url) => StoreConfig::Postgres(url.clone()),
         None => StoreConfig::Sqlite(args.data_dir.clone()),
@@ -184,15 +270,26 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
     options.retention.outbox = args.outbox_retention;
     options.retention.dedup_window = args.dedup_window;
     options.stuck_after = args.stuck_after;
+    options.auth = auth;
+    if options.auth.is_none() && !args.http_addr.ip().is_loopback() {
+        tracing::warn!(addr = %args.http_addr, "serving without authentication (--insecure-no-auth)");
+    }
+    options.limits = api::limits::Limits::new(args.max_long_polls, args.request_timeout, args.max_body_bytes);
     let engine = server::start(store, transport, topics, roles, options).await?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    if roles.api {
+    {
+        // Every process serves health and metrics; only the `api` role serves the API.
         let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
-        tracing::info!(addr = %args.http_addr, "HTTP API listening");
-        let server = axum::serve(listener, api::router(engine.state.clone()))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let app = if roles.api {
+            tracing::info!(addr = %args.http_addr, "HTTP API listening");
+            api::router(engine.state.clone())
+        } else {
+            tracing::info!(addr = %args.http_addr, "health and metrics listening (no api role)");
+            api::app::operations_router(engine.state.clone())
+        };
+        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         // Long polls (`?wait=`) could hold a graceful stop for their whole wait: give
         // in-flight requests a bounded time, then close them.
         let drained = async {
@@ -203,8 +300,6 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             served = server => served?,
             () = drained => tracing::warn!("requests still in flight after {HTTP_DRAIN:?}; closing them"),
         }
-    } else {
-        shutdown.cancelled().await;
     }
     tracing::info!("shutting down: stopping consumers, flushing the outbox");
     engine.runtime.shutdown_within(ROLES_STOP).await;

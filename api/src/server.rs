@@ -19,6 +19,7 @@ use event_store::sqlite::SqliteEventStore;
 use event_store::EventStore;
 use sagas::order_view::OrderService;
 
+use crate::limits::Limits;
 use crate::state::AppState;
 
 /// Which roles this process runs.
@@ -110,12 +111,22 @@ pub struct EngineOptions {
     /// How long a saga may go without progress before it counts as stuck, unless its
     /// definition says otherwise.
     pub stuck_after: Duration,
+    /// Long polls, request time and body size.
+    pub limits: Limits,
+    /// Bearer-token authentication; `None` leaves the API open (loopback use).
+    pub auth: Option<Arc<crate::auth::AuthConfig>>,
 }
 
 impl EngineOptions {
     /// `group_prefix` with the default retention.
     pub fn new(group_prefix: impl Into<String>) -> Self {
-        Self { group_prefix: group_prefix.into(), retention: Retention::default(), stuck_after: DEFAULT_STUCK_AFTER }
+        Self {
+            group_prefix: group_prefix.into(),
+            retention: Retention::default(),
+            stuck_after: DEFAULT_STUCK_AFTER,
+            limits: Limits::default(),
+            auth: None,
+        }
     }
 }
 
@@ -161,6 +172,9 @@ pub async fn start(
         metrics: crate::metrics::recorder(),
         projection,
         stuck_after: options.stuck_after,
+        consumers: runtime.consumers().into(),
+        limits: options.limits,
+        auth: options.auth,
     };
     Ok(Engine { state, runtime })
 }

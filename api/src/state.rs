@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use engine::coordinator::Coordinator;
 use engine::saga_index_projection::SagaIndexProjection;
-use engine::transport::Transport;
+use engine::transport::{ConsumerStatus, Transport};
 use event_store::EventStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sagas::order_view::OrderService;
@@ -23,4 +23,9 @@ pub struct AppState {
     /// How long a saga may go without progress before it counts as stuck, unless its
     /// definition says otherwise.
     pub stuck_after: Duration,
+    /// This process's consumers, for readiness.
+    pub consumers: Arc<[Arc<ConsumerStatus>]>,
+    pub limits: crate::limits::Limits,
+    /// How bearer tokens are verified; `None`: requests are not authenticated.
+    pub auth: Option<Arc<crate::auth::AuthConfig>>,
 }

@@ -23,13 +23,15 @@ pub struct WaitQuery {
 }
 
 impl WaitQuery {
-    /// The wait as a duration, or a 400 when it is too long.
-    pub fn duration(&self) -> ApiResult<Duration> {
+    /// The wait as a duration, or a 400 when it is too long. A wait never runs into the
+    /// request timeout: it ends a second before it, with the resource as it is then.
+    pub fn duration(&self, limits: &crate::limits::Limits) -> ApiResult<Duration> {
+        let most = limits.request_timeout.saturating_sub(Duration::from_secs(1));
         match self.wait {
             Some(s) if s > MAX_WAIT_SECS => {
                 Err(ApiError::BadRequest(format!("wait may be at most {MAX_WAIT_SECS} seconds")))
             }
-            Some(s) => Ok(Duration::from_secs(s)),
+            Some(s) => Ok(Duration::from_secs(s).min(most)),
             None => Ok(Duration::ZERO),
         }
     }

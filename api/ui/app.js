@@ -11,6 +11,7 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const SAGA_STATUSES = ['RUNNING', 'COMPENSATING', 'COMPLETED', 'COMPENSATED', 'FAILED'];
 const PAGE_SIZES = ['10', '25', '50', '100', '250', '500'];
 const ACTOR_KEY = 'sagaflow.actor';
+const TOKEN_KEY = 'sagaflow.token'; // a bearer token, when the engine authenticates requests
 let flash = ''; // one-shot success notice shown by the next saga page render
 
 const pad = (n) => String(n).padStart(2, '0');
@@ -53,6 +54,21 @@ const store = {
 };
 
 // ---------- API access: JSON in, problem+json errors out ----------
+/** The Authorization header for the token given in the top bar (kept for this tab only). */
+function auth() {
+  let token = '';
+  try { token = sessionStorage.getItem(TOKEN_KEY) || ''; } catch { /* storage disabled */ }
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+/** Loads the timeline picture with the same credentials as the API calls. */
+async function loadTimeline(img, sagaId) {
+  try {
+    const res = await fetch(`/sagas/${enc(sagaId)}/timeline.svg`, { headers: auth() });
+    if (res.ok) img.src = URL.createObjectURL(await res.blob());
+  } catch { /* the rest of the page stands without it */ }
+}
+
 class ApiError extends Error {
   constructor(p) { super(p.title); Object.assign(this, p); }
 }
@@ -61,7 +77,7 @@ async function api(path, { method = 'GET', body, headers = {} } = {}) {
   try {
     res = await fetch(path, {
       method,
-      headers: { Accept: 'application/json', ...(body !== undefined && { 'Content-Type': 'application/json' }), ...headers },
+      headers: { Accept: 'application/json', ...(body !== undefined && { 'Content-Type': 'application/json' }), ...auth(), ...headers },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (e) {
@@ -253,7 +269,7 @@ async function sagaPage(id, token) {
         ${saga.reason ? `<div class="wide"><dt>Reason</dt><dd class="reason">${esc(saga.reason)}</dd></div>` : ''}
       </dl>`)}
     ${card(`<h2>Timeline</h2><div class="timeline-wrap">
-      <img class="timeline" src="/sagas/${esc(enc(saga.saga_id))}/timeline.svg" alt="Timeline of saga ${esc(saga.saga_id)}"></div>`)}
+      <img class="timeline" alt="Timeline of saga ${esc(saga.saga_id)}"></div>`)}
     ${card(`<h2>Steps</h2><div class="table-wrap"><table class="data"><thead><tr><th>Name</th><th>Status</th>
       <th class="num">Attempts</th><th class="num">Compensation attempts</th></tr></thead>
       <tbody>${stepRows || '<tr><td colspan="4" class="empty">No steps.</td></tr>'}</tbody></table></div>`)}
@@ -280,6 +296,7 @@ async function sagaPage(id, token) {
       <th>Recorded</th><th>Data</th></tr></thead><tbody>${eventRows || '<tr><td colspan="4" class="empty">No events.</td></tr>'}</tbody></table></div>`)}
   </div>`;
 
+  loadTimeline($('img.timeline'), saga.saga_id);
   $('#actor').addEventListener('change', (ev) => store.set(ACTOR_KEY, ev.target.value.trim()));
   const outcome = $('#resolve-outcome');
   outcome.addEventListener('change', () => { $('#output-label').hidden = outcome.value !== 'succeeded'; });
@@ -418,3 +435,14 @@ function diffHtml(d, from, to) {
     <h3>Changed steps</h3>${changed.length ? `<table class="data"><thead><tr><th>Step</th><th>Changed fields</th></tr></thead>
       <tbody>${rows}</tbody></table>` : '<p class="muted">none</p>'}`;
 }
+
+// ---------- the bearer token field in the top bar ----------
+(() => {
+  const field = document.getElementById('token');
+  if (!field) return;
+  try { field.value = sessionStorage.getItem(TOKEN_KEY) || ''; } catch { /* storage disabled */ }
+  field.addEventListener('change', () => {
+    try { sessionStorage.setItem(TOKEN_KEY, field.value.trim()); } catch { /* storage disabled */ }
+    route();
+  });
+})();

@@ -213,6 +213,10 @@ mod tests {
 
     #[async_trait]
     impl Consumer for Scripted {
+        fn status(&self) -> Arc<crate::transport::ConsumerStatus> {
+            Arc::new(crate::transport::ConsumerStatus::waiting("scripted"))
+        }
+
         async fn recv(&mut self) -> Result<Delivery> {
             if self.queue.is_empty() {
                 std::future::pending::<()>().await;

@@ -17,7 +17,7 @@ use crate::retention::{run_retention, Retention};
 use crate::saga_index_projection::SagaIndexProjection;
 use crate::stuck_sagas::StuckWatcher;
 use crate::timeouts::run_timeouts;
-use crate::transport::Transport;
+use crate::transport::{ConsumerStatus, Transport};
 
 /// Which roles to run, and how.
 #[derive(Clone)]
@@ -64,6 +64,7 @@ impl Default for RuntimeConfig {
 pub struct Runtime {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    consumers: Vec<Arc<ConsumerStatus>>,
 }
 
 impl Runtime {
@@ -81,9 +82,11 @@ impl Runtime {
 
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
+        let mut consumers = Vec::new();
         if config.coordinator {
             let group = format!("{}coordinator", config.group_prefix);
             let consumer = transport.subscribe(&group, &[topics.replies()]).await?;
+            consumers.push(consumer.status());
             let handler: Arc<dyn MessageHandler> = Arc::new(ReplyHandler(Arc::clone(&coordinator)));
             tasks.push(tokio::spawn(run_consumer(group, consumer, handler, config.max_in_flight, cancel.clone())));
             tasks.push(tokio::spawn(run_timeouts(
@@ -96,6 +99,7 @@ impl Runtime {
         for (name, handler) in config.participants {
             let group = format!("{}participant.{name}", config.group_prefix);
             let consumer = transport.subscribe(&group, &[topics.commands(&name)]).await?;
+            consumers.push(consumer.status());
             let runtime: Arc<dyn MessageHandler> =
                 Arc::new(ParticipantRuntime::new(name, Arc::clone(&store), topics.clone(), handler));
             tasks.push(tokio::spawn(run_consumer(group, consumer, runtime, config.max_in_flight, cancel.clone())));
@@ -119,7 +123,12 @@ impl Runtime {
         if let Some(retention) = config.retention {
             tasks.push(tokio::spawn(run_retention(Arc::clone(&store), retention, cancel.clone())));
         }
-        Ok(Self { cancel, tasks })
+        Ok(Self { cancel, tasks, consumers })
+    }
+
+    /// Where each consumer of the running roles stands in its group.
+    pub fn consumers(&self) -> &[Arc<ConsumerStatus>] {
+        &self.consumers
     }
 
     /// Graceful stop: consumers stop between messages, the relay flushes the outbox.

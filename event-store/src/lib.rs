@@ -4,6 +4,7 @@
 //! Everything above this crate is written against the [`EventStore`] trait; the
 //! backends ([`postgres`], [`sqlite`], [`memory`]) hold only what differs.
 
+pub mod caller;
 pub mod error;
 pub mod memory;
 pub mod model;

@@ -66,6 +66,7 @@ fn current_version(state: &State, stream_id: &str) -> u64 {
 #[async_trait]
 impl EventStore for MemoryEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
+        let commit = crate::caller::stamped(commit);
         validate_commit(&commit)?;
         let touched: Vec<String> = commit.appends.iter().map(|a| a.stream_id.clone()).collect();
         let mut state = self.lock();

@@ -29,19 +29,20 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    async fn start(store: Arc<dyn EventStore>, transport: Arc<dyn Transport>, data: Option<tempfile::TempDir>) -> Self {
+    async fn start(
+        store: Arc<dyn EventStore>,
+        transport: Arc<dyn Transport>,
+        data: Option<tempfile::TempDir>,
+        configure: impl FnOnce(&mut EngineOptions),
+    ) -> Self {
         init_tracing();
         let prefix = unique_prefix();
         let topics = Topics::new(prefix.clone());
-        let engine = server::start(
-            Arc::clone(&store),
-            Arc::clone(&transport),
-            topics.clone(),
-            Roles::ALL,
-            EngineOptions::new(format!("{prefix}.")),
-        )
-        .await
-        .expect("engine starts");
+        let mut options = EngineOptions::new(format!("{prefix}."));
+        configure(&mut options);
+        let engine = server::start(Arc::clone(&store), Arc::clone(&transport), topics.clone(), Roles::ALL, options)
+            .await
+            .expect("engine starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("loopback port");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let stop = CancellationToken::new();
@@ -57,14 +58,19 @@ impl TestServer {
 
     /// The embedded default: SQLite in a temporary directory, in-process transport.
     pub async fn embedded() -> Self {
+        Self::embedded_with(|_| {}).await
+    }
+
+    /// Embedded, with options of the test's choosing.
+    pub async fn embedded_with(configure: impl FnOnce(&mut EngineOptions)) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(dir.path()).await.expect("sqlite store"));
-        Self::start(store, Arc::new(InProcessTransport::new()), Some(dir)).await
+        Self::start(store, Arc::new(InProcessTransport::new()), Some(dir), configure).await
     }
 
     /// PostgreSQL (a fresh test database) and the Kafka-protocol broker.
     pub async fn postgres_kafka(pool: PgPool) -> Self {
-        Self::start(pg_store(pool).await, kafka_transport(), None).await
+        Self::start(pg_store(pool).await, kafka_transport(), None, |_| {}).await
     }
 
     /// Sends a request with an optional JSON body.

@@ -34,7 +34,8 @@ pub async fn live() -> Json<Health> {
     Json(Health { status: "up".into(), checks: vec![] })
 }
 
-/// The store and the transport answer; 503 with details when one does not.
+/// The store and the transport answer, and every consumer of this process has its assignment;
+/// 503 with details when one does not.
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
@@ -49,7 +50,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some("no answer within 5 s".into()),
     };
-    let checks = vec![
+    let mut checks = vec![
         Check { name: "event-store".into(), backend: state.store.backend().into(), ok: store.is_none(), error: store },
         Check {
             name: "transport".into(),
@@ -58,6 +59,14 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             error: transport,
         },
     ];
+    // A consumer is ready once its group has given it an assignment (an empty one counts:
+    // the group has more members than partitions).
+    checks.extend(state.consumers.iter().map(|c| Check {
+        name: format!("consumer {}", c.group),
+        backend: format!("{} partition(s)", c.partitions()),
+        ok: c.joined(),
+        error: (!c.joined()).then(|| "its group has not assigned it partitions yet".to_owned()),
+    }));
     let ok = checks.iter().all(|c| c.ok);
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Health { status: if ok { "ready".into() } else { "not ready".into() }, checks }))

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::idempotency;
+use crate::limits::long_poll_place;
 use crate::state::AppState;
 use crate::wait::{next_change, until_saga_terminal, WaitQuery};
 
@@ -110,7 +111,7 @@ pub async fn get_order(
     AppPath(id): AppPath<String>,
     AppQuery(query): AppQuery<WaitQuery>,
 ) -> ApiResult<Json<OrderView>> {
-    let wait = query.duration()?;
+    let wait = query.duration(&state.limits)?;
     let not_found = || ApiError::NotFound(format!("no order '{id}'"));
     // An order's id is its saga's id.
     let saga_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
@@ -119,6 +120,7 @@ pub async fn get_order(
     if view.status.is_terminal() || wait.is_zero() {
         return Ok(Json(view));
     }
+    let _place = long_poll_place(&state, wait)?;
     // An order is terminal only once its saga is: follow the saga from where it was read
     // (its new events only), then build the order's view from the saga as followed. A saga
     // that ended without a final answer (the approval's outcome is unknown) leaves the order
@@ -195,6 +197,9 @@ mod tests {
             metrics: crate::metrics::recorder(),
             projection: engine::saga_index_projection::SagaIndexProjection::new(Arc::clone(&store)),
             stuck_after: engine::stuck_sagas::DEFAULT_STUCK_AFTER,
+            consumers: Arc::new([]),
+            limits: crate::limits::Limits::default(),
+            auth: None,
         };
         let submitted = orders.submit(order("2.00")).await.unwrap();
         let id = submitted.order_id.clone();

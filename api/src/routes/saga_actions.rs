@@ -19,7 +19,7 @@ use crate::extract::{AppJson, AppPath};
 use crate::idempotency;
 use crate::state::AppState;
 
-/// Who acts: until requests are authenticated, the caller names itself.
+/// Who acts, when requests are not authenticated: the caller names itself.
 const ACTOR_HEADER: &str = "sagaflow-actor";
 const MAX_REASON: usize = 2_000;
 
@@ -43,7 +43,14 @@ pub struct ResolveRequest {
     pub expected_version: Option<u64>,
 }
 
+/// Who acts: the authenticated caller's `sub`, or without authentication the header.
 fn actor(headers: &HeaderMap, reason: &str) -> ApiResult<Actor> {
+    if reason.trim().is_empty() || reason.len() > MAX_REASON {
+        return Err(ApiError::invalid(format!("reason must be 1-{MAX_REASON} characters"), vec![]));
+    }
+    if let Some(sub) = event_store::caller::current() {
+        return Ok(Actor { name: sub, reason: reason.to_owned() });
+    }
     let name = headers
         .get(ACTOR_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -55,9 +62,6 @@ fn actor(headers: &HeaderMap, reason: &str) -> ApiResult<Actor> {
                 vec![],
             )
         })?;
-    if reason.trim().is_empty() || reason.len() > MAX_REASON {
-        return Err(ApiError::invalid(format!("reason must be 1-{MAX_REASON} characters"), vec![]));
-    }
     Ok(Actor { name: name.to_owned(), reason: reason.to_owned() })
 }
 

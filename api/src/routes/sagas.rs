@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::streams::EventResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::limits::long_poll_place;
 use crate::state::AppState;
 use crate::wait::{until_saga_terminal, WaitQuery};
 
@@ -121,11 +122,12 @@ pub async fn get_saga(
     AppPath(id): AppPath<String>,
     AppQuery(query): AppQuery<WaitQuery>,
 ) -> ApiResult<Json<SagaResponse>> {
-    let wait = query.duration()?;
+    let wait = query.duration(&state.limits)?;
     let saga_id = parse_id(&id)?;
     let mut view =
         state.coordinator.load(saga_id).await?.ok_or_else(|| ApiError::NotFound(format!("no saga '{id}'")))?;
     if !view.state.status.is_terminal() && !wait.is_zero() {
+        let _place = long_poll_place(&state, wait)?;
         until_saga_terminal(state.store.as_ref(), &state.coordinator, saga_id, &mut view, wait).await?;
     }
     Ok(Json(saga_response(saga_id, view)))
@@ -174,6 +176,7 @@ pub struct ListQuery {
     /// Started before this time (RFC 3339).
     pub started_to: Option<DateTime<Utc>>,
     /// `asc` (oldest first, the default) or `desc`.
+    #[param(inline)]
     pub order: Option<ListOrder>,
     /// Continue where the previous page ended (its `next_cursor`).
     pub cursor: Option<String>,
@@ -244,6 +247,9 @@ pub async fn list(State(state): State<AppState>, AppQuery(query): AppQuery<ListQ
         descending: query.order == Some(ListOrder::Desc),
         limit: limit + 1,
     };
+    // The lag is counted before the page is read, so that a lag of 0 means the page holds
+    // every commit made before the request.
+    let lag = state.projection.lag().await;
     let mut rows = state.projection.index().query(&index_query).await?;
     let next_cursor = (rows.len() > limit).then(|| {
         rows.truncate(limit);
@@ -265,7 +271,7 @@ pub async fn list(State(state): State<AppState>, AppQuery(query): AppQuery<ListQ
     let page = SagaPage { sagas, next_cursor: next_cursor.flatten() };
     let mut response = Json(page).into_response();
     // The page stands without the lag: when it cannot be counted, the header is left out.
-    match state.projection.lag().await {
+    match lag {
         Ok(lag) => {
             if let Ok(value) = header::HeaderValue::from_str(&lag.to_string()) {
                 response.headers_mut().insert(INDEX_LAG_HEADER, value);

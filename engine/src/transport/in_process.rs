@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use event_store::OutgoingMessage;
 use tokio::sync::{oneshot, watch};
 
-use super::{Consumer, Delivery, Transport};
+use super::{Consumer, ConsumerStatus, Delivery, Transport};
 use crate::error::{Error, Result};
 
 /// Messages kept per topic that no group subscribes to; older ones are dropped.
@@ -131,8 +131,12 @@ impl Transport for InProcessTransport {
                 .extend(backlog.into_iter().map(|delivery| Queued { delivery, ack: None }));
         }
         *inner.live.entry(group.to_owned()).or_insert(0) += 1;
+        // One process, one member: the group's whole topic is this consumer's at once.
+        let status = Arc::new(ConsumerStatus::waiting(group));
+        status.assigned(topics.len());
         Ok(Box::new(InProcessConsumer {
             transport: self.clone(),
+            status,
             group: group.to_owned(),
             topics: topics.to_vec(),
             published: self.published.subscribe(),
@@ -158,6 +162,7 @@ impl Transport for InProcessTransport {
 
 struct InProcessConsumer {
     transport: InProcessTransport,
+    status: Arc<ConsumerStatus>,
     group: String,
     topics: Vec<String>,
     published: watch::Receiver<u64>,
@@ -167,6 +172,10 @@ struct InProcessConsumer {
 
 #[async_trait]
 impl Consumer for InProcessConsumer {
+    fn status(&self) -> Arc<ConsumerStatus> {
+        Arc::clone(&self.status)
+    }
+
     async fn recv(&mut self) -> Result<Delivery> {
         loop {
             self.published.borrow_and_update();

@@ -2,7 +2,7 @@
 //! commit offsets only when told to.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,7 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Consumer, Delivery, Transport};
+use super::{Consumer, ConsumerStatus, Delivery, Transport};
 use crate::envelope::valid_topic;
 use crate::error::{Error, Result};
 
@@ -223,6 +223,7 @@ impl Transport for KafkaTransport {
 
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {
         self.ensure_topics(topics).await?;
+        let status = Arc::new(ConsumerStatus::waiting(group));
         let consumer: StreamConsumer<GroupLog> = ClientConfig::new()
             .set("bootstrap.servers", &self.config.bootstrap_servers)
             .set("group.id", group)
@@ -234,12 +235,13 @@ impl Transport for KafkaTransport {
             .set("topic.metadata.refresh.interval.ms", "5000")
             .set("session.timeout.ms", self.config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (self.config.session_timeout_ms / 4).max(500).to_string())
-            .create_with_context(GroupLog { group: group.to_owned() })
+            .create_with_context(GroupLog { group: group.to_owned(), status: Arc::clone(&status) })
             .map_err(|e| kafka_err("creating consumer", &e))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|e| kafka_err("subscribing", &e))?;
         tracing::info!(%group, ?topics, "kafka consumer subscribed");
         Ok(Box::new(KafkaConsumer {
+            status,
             consumer: Some(consumer),
             group: group.to_owned(),
             topics: topics.to_vec(),
@@ -267,6 +269,7 @@ impl Transport for KafkaTransport {
 /// when a group rebalances and how long partitions were without an owner.
 struct GroupLog {
     group: String,
+    status: Arc<ConsumerStatus>,
 }
 
 impl ClientContext for GroupLog {}
@@ -275,6 +278,7 @@ impl ConsumerContext for GroupLog {
     fn post_rebalance(&self, _base: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
+                self.status.assigned(list.count());
                 tracing::info!(group = %self.group, partitions = list.count(), "partitions assigned")
             }
             Rebalance::Revoke(list) => {
@@ -286,6 +290,7 @@ impl ConsumerContext for GroupLog {
 }
 
 struct KafkaConsumer {
+    status: Arc<ConsumerStatus>,
     /// Always there until the consumer is dropped (see its `Drop`).
     consumer: Option<StreamConsumer<GroupLog>>,
     group: String,
@@ -352,6 +357,10 @@ impl KafkaConsumer {
 
 #[async_trait]
 impl Consumer for KafkaConsumer {
+    fn status(&self) -> Arc<ConsumerStatus> {
+        Arc::clone(&self.status)
+    }
+
     async fn recv(&mut self) -> Result<Delivery> {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), self.consumer()?.recv()).await {

@@ -52,9 +52,47 @@ pub trait Transport: Send + Sync + 'static {
     }
 }
 
+/// Where one consumer stands in its group, for readiness checks: shared between the consumer
+/// and whoever reports on it.
+#[derive(Debug)]
+pub struct ConsumerStatus {
+    /// The consumer group.
+    pub group: String,
+    joined: std::sync::atomic::AtomicBool,
+    partitions: std::sync::atomic::AtomicUsize,
+}
+
+impl ConsumerStatus {
+    /// A consumer of `group` that has not been given its partitions yet.
+    pub fn waiting(group: &str) -> Self {
+        Self { group: group.to_owned(), joined: Default::default(), partitions: Default::default() }
+    }
+
+    /// Records the partitions the group gave this member (none is an answer too: the group
+    /// has more members than partitions).
+    pub fn assigned(&self, partitions: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.partitions.store(partitions, Relaxed);
+        self.joined.store(true, Relaxed);
+    }
+
+    /// Whether the group has answered this member with an assignment yet.
+    pub fn joined(&self) -> bool {
+        self.joined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The partitions of the last assignment.
+    pub fn partitions(&self) -> usize {
+        self.partitions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// One member of a consumer group.
 #[async_trait]
 pub trait Consumer: Send {
+    /// Where this consumer stands in its group.
+    fn status(&self) -> std::sync::Arc<ConsumerStatus>;
+
     /// The next message. Cancel-safe.
     async fn recv(&mut self) -> Result<Delivery>;
 

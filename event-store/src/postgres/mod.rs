@@ -133,6 +133,7 @@ fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
 #[async_trait]
 impl EventStore for PgEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
+        let commit = crate::caller::stamped(commit);
         run_commit("postgres", &self.signals, &commit, self.commit_tx(&commit)).await
     }
 
