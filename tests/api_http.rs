@@ -818,3 +818,33 @@ async fn long_polls_and_bodies_past_their_bounds_are_refused() {
     assert_eq!((status, body["type"].as_str()), (413, Some("urn:sagaflow:problem:payload-too-large")));
     s.stop().await;
 }
+
+/// Writes past a caller's rate get 429 with `Retry-After`; reads are not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_a_callers_rate_are_refused_with_retry_after() {
+    use std::num::NonZeroU32;
+    let one = NonZeroU32::new(1).unwrap();
+    let s = TestServer::embedded_with(|o| {
+        o.limits =
+            api::limits::Limits::default().with_writes(api::limits::WriteLimit::new(one, NonZeroU32::new(2).unwrap()))
+    })
+    .await;
+    let stock = || Some(json!({ "available": 5 }));
+    assert_eq!(s.call(Method::PUT, "/inventory/R", stock()).await.0, 200);
+    assert_eq!(s.call(Method::PUT, "/inventory/R", stock()).await.0, 200, "a burst of two");
+    let refused = s.send(Method::PUT, "/inventory/R", stock()).await;
+    assert_eq!(refused.status().as_u16(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(refused.headers()["content-type"], "application/problem+json");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["type"], "urn:sagaflow:problem:rate-limited");
+    for _ in 0..5 {
+        assert_eq!(s.call(Method::GET, "/inventory/R", None).await.0, 200, "reads are not limited");
+    }
+    let metrics = s.send(Method::GET, "/metrics", None).await.text().await.unwrap();
+    assert!(metrics.contains("sagaflow_rate_limited_total"), "counted");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(s.call(Method::PUT, "/inventory/R", stock()).await.0, 200, "the bucket refills");
+    s.stop().await;
+}

@@ -212,3 +212,21 @@ async fn a_non_loopback_address_without_a_key_is_refused_at_start() {
     let _ = open.wait();
     assert!(live, "with --insecure-no-auth the engine serves");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_callers_are_rate_limited_each_by_their_sub() {
+    use std::num::NonZeroU32;
+    let one = NonZeroU32::new(1).unwrap();
+    let s = TestServer::embedded_with(|o| {
+        o.auth = Some(Arc::new(AuthConfig::hs256(SECRET)));
+        o.limits = api::limits::Limits::default().with_writes(api::limits::WriteLimit::new(one, one));
+    })
+    .await;
+    let (alice, bob) = (hs256(&claims("alice", &["admin"])), hs256(&claims("bob", &["admin"])));
+    let body = || Some(json!({ "available": 1 }));
+    assert_eq!(call(&s, Method::PUT, "/inventory/A", Some(&alice), body()).await.0, 200);
+    assert_eq!(call(&s, Method::PUT, "/inventory/A", Some(&alice), body()).await.0, 429);
+    // Same address, another caller: a bucket of its own.
+    assert_eq!(call(&s, Method::PUT, "/inventory/A", Some(&bob), body()).await.0, 200);
+    s.stop().await;
+}

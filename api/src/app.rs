@@ -56,6 +56,7 @@ fn finish(router: Router<AppState>, state: &AppState) -> Router<AppState> {
     router
         .fallback(|| async { ApiError::NoRoute("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed("method not allowed on this route".into()) })
+        .layer(middleware::from_fn_with_state(state.limits.clone(), crate::limits::rate_limit))
         .layer(middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
         .layer(middleware::from_fn(crate::extract::reject_control_characters))
         .layer(middleware::from_fn(crate::metrics::track))

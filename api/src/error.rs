@@ -33,6 +33,9 @@ pub enum ApiError {
     /// Past a bound that protects the process (long polls, request time): try again soon.
     #[error("{0}")]
     Busy(String),
+    /// The caller writes faster than its rate limit allows.
+    #[error("too many writes; try again in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
     #[error(transparent)]
     Engine(#[from] engine::Error),
     #[error(transparent)]
@@ -146,6 +149,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => simple(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             Self::Unavailable(_) => simple(StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Busy(_) => simple(StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::TooManyRequests { .. } => simple(StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
             Self::Engine(e) => engine_problem(e),
             Self::Store(e) => store_problem(e),
         }
@@ -166,8 +170,14 @@ impl IntoResponse for ApiError {
         }
         let mut response =
             (problem.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
-        if matches!(self, Self::Busy(_)) {
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        match &self {
+            Self::Busy(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            Self::TooManyRequests { retry_after_secs } => {
+                response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
         }
         if matches!(self, Self::Unauthorized(_)) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));

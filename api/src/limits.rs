@@ -1,12 +1,18 @@
-//! Bounds on what clients can make one process spend: long polls held at once, time per
-//! request, body size. Past a bound the answer is a problem+json, never unbounded memory.
+//! Bounds on what clients can make one process spend: writes per caller, long polls held at
+//! once, time per request, body size. Past a bound the answer is a problem+json, never
+//! unbounded memory.
 
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{ApiError, ApiResult};
@@ -21,13 +27,54 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// The largest request body (413 past it).
     pub body_bytes: usize,
+    /// Writes per caller; `None`: unlimited.
+    pub writes: Option<Arc<WriteLimit>>,
+}
+
+/// A token bucket per caller for writes: by the token's `sub` when requests are
+/// authenticated, else by the peer's address.
+#[derive(Debug)]
+pub struct WriteLimit {
+    limiter: DefaultKeyedRateLimiter<Key>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Caller(String),
+    Peer(IpAddr),
+}
+
+impl WriteLimit {
+    /// `per_second` writes a second per caller, in bursts of up to `burst`.
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        Self { limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)) }
+    }
+
+    /// How long the caller `key` must wait before its next write; `None`: it may write now.
+    fn wait(&self, key: &Key) -> Option<Duration> {
+        // Callers that have refilled their bucket are forgotten now and then.
+        if self.limiter.len() > 10_000 {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(key).err().map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
 }
 
 impl Limits {
     /// `long_polls` waiting requests at most, `request_timeout` per request, bodies up to
     /// `body_bytes`.
     pub fn new(long_polls: usize, request_timeout: Duration, body_bytes: usize) -> Self {
-        Self { long_polls: Arc::new(tokio::sync::Semaphore::new(long_polls)), request_timeout, body_bytes }
+        Self {
+            long_polls: Arc::new(tokio::sync::Semaphore::new(long_polls)),
+            request_timeout,
+            body_bytes,
+            writes: None,
+        }
+    }
+
+    /// With a per-caller limit on writes.
+    pub fn with_writes(self, writes: WriteLimit) -> Self {
+        Self { writes: Some(Arc::new(writes)), ..self }
     }
 }
 
@@ -57,6 +104,29 @@ pub async fn request_timeout(State(limits): State<Limits>, request: Request, nex
         Err(_) => {
             metrics::counter!("sagaflow_requests_timed_out_total").increment(1);
             ApiError::Busy(format!("the request took longer than {:?}", limits.request_timeout)).into_response()
+        }
+    }
+}
+
+/// Refuses a write past its caller's rate with 429 and `Retry-After`. Runs within the
+/// authentication, so an authenticated caller is counted by its `sub`.
+pub async fn rate_limit(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    let Some(writes) = limits.writes.as_deref() else { return next.run(request).await };
+    if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(request).await;
+    }
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let key = match (event_store::caller::current(), peer) {
+        (Some(sub), _) => Key::Caller(sub),
+        (None, Some(ip)) => Key::Peer(ip),
+        // No address known (an in-process call): nothing to count by.
+        (None, None) => return next.run(request).await,
+    };
+    match writes.wait(&key) {
+        None => next.run(request).await,
+        Some(wait) => {
+            metrics::counter!("sagaflow_rate_limited_total").increment(1);
+            ApiError::TooManyRequests { retry_after_secs: wait.as_secs().max(1) }.into_response()
         }
     }
 }

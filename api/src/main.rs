@@ -2,6 +2,7 @@
 //! participants in one process, or any subset of them.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -164,6 +165,13 @@ struct ServeArgs {
     /// The longest a request may take (503 past it); a long poll ends a second before.
     #[arg(long, env = "SAGAFLOW_REQUEST_TIMEOUT", default_value = "40s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// Writes (POST, PUT) per second per caller (by token `sub`, else peer address); 429 with
+    /// `Retry-After` past it. Default: 100 when the HTTP address is not loopback, else off.
+    #[arg(long, env = "SAGAFLOW_RATE_LIMIT_WRITES")]
+    rate_limit_writes: Option<u32>,
+    /// The burst a caller may write at once before its rate applies.
+    #[arg(long, env = "SAGAFLOW_RATE_LIMIT_BURST", default_value_t = 200)]
+    rate_limit_burst: u32,
     /// The largest request body, in bytes (413 past it).
     #[arg(long, env = "SAGAFLOW_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
@@ -275,6 +283,14 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
         tracing::warn!(addr = %args.http_addr, "serving without authentication (--insecure-no-auth)");
     }
     options.limits = api::limits::Limits::new(args.max_long_polls, args.request_timeout, args.max_body_bytes);
+    let rate = args.rate_limit_writes.or((!args.http_addr.ip().is_loopback()).then_some(100));
+    if let Some(rate) = rate {
+        let per_second =
+            NonZeroU32::new(rate).ok_or_else(|| StartError::Config("--rate-limit-writes must be above 0".into()))?;
+        let burst = NonZeroU32::new(args.rate_limit_burst)
+            .ok_or_else(|| StartError::Config("--rate-limit-burst must be above 0".into()))?;
+        options.limits = options.limits.with_writes(api::limits::WriteLimit::new(per_second, burst));
+    }
     let engine = server::start(store, transport, topics, roles, options).await?;
 
     let shutdown = CancellationToken::new();
@@ -289,7 +305,8 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             tracing::info!(addr = %args.http_addr, "health and metrics listening (no api role)");
             api::app::operations_router(engine.state.clone())
         };
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         // Long polls (`?wait=`) could hold a graceful stop for their whole wait: give
         // in-flight requests a bounded time, then close them.
         let drained = async {

@@ -47,6 +47,7 @@ impl TestServer {
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let stop = CancellationToken::new();
         let app = api::router(engine.state.clone());
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
         tokio::spawn(async move {
             if let Err(err) = serve.await {
