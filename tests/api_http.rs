@@ -694,9 +694,25 @@ mod routes {
 
     pub async fn health_metrics_and_openapi_cover_every_route(s: TestServer) {
         assert_eq!(s.call(Method::GET, "/health/live", None).await.0, 200);
-        let (status, ready) = s.call(Method::GET, "/health/ready", None).await;
-        assert_eq!((status, ready["status"].clone()), (200, json!("ready")));
-        assert_eq!(ready["checks"].as_array().unwrap().len(), 2);
+        // Ready once every consumer has its partitions (at once in-process; after the group's
+        // first rebalance over Kafka): the store, the transport, and the coordinator's and the
+        // three participants' consumers.
+        let mut ready = Value::Null;
+        for _ in 0..300 {
+            let (status, body) = s.call(Method::GET, "/health/ready", None).await;
+            ready = body;
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503, "{ready}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(ready["status"], "ready", "{ready}");
+        let names: Vec<&str> =
+            ready["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names.len(), 6, "{names:?}");
+        assert_eq!(&names[..2], ["event-store", "transport"]);
+        assert!(names[2..].iter().all(|n| n.starts_with("consumer ")), "{names:?}");
 
         stock_and_credit(&s, "M", 5, "c-m", "10.00").await;
         let (_, placed) = s.call(Method::POST, "/orders", Some(order("c-m", "M", 1, "1.00"))).await;
