@@ -18,6 +18,8 @@ use crate::saga::{Phase, Resolution, SagaEvent, SagaStatus};
 const BATCH: usize = 1_000;
 /// A lag is counted up to this many events (the count costs as much as the lag).
 pub const MAX_COUNTED_LAG: usize = 10_000;
+/// How long a caught-up projection lets commits gather after a signal before it reads them.
+const GATHER: Duration = Duration::from_millis(100);
 /// How often a caught-up projection looks again if no commit signal came.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -131,7 +133,15 @@ impl SagaIndexProjection {
             };
             tokio::select! {
                 () = cancel.cancelled() => return,
-                _ = changes.changed(), if failures == 0 => {}
+                _ = changes.changed(), if failures == 0 => {
+                    // Let the commits of the next moments join this one: one index
+                    // transaction takes in many saga steps, instead of one write per commit
+                    // competing with the sagas' own (on SQLite, for its one writer).
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(GATHER) => {}
+                    }
+                }
                 () = tokio::time::sleep(pause) => {}
             }
         }

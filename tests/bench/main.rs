@@ -86,7 +86,14 @@ async fn drop_database(url: &str, db: &str) {
 
 /// Builds a binary with cargo (release) and returns its path.
 fn build(args: &[&str], binary: PathBuf) -> Option<PathBuf> {
-    let status = std::process::Command::new(env!("CARGO")).args(["build", "--release", "--quiet"]).args(args).status();
+    // The toolchain's own rustc: through rustup's proxy, a dependency's rust-toolchain file
+    // (sqlx ships one) would pick a toolchain that may not be installed.
+    let cargo = Path::new(env!("CARGO"));
+    let mut command = std::process::Command::new(cargo);
+    if let Some(rustc) = cargo.parent().map(|bin| bin.join("rustc")).filter(|r| r.exists()) {
+        command.env("RUSTC", rustc);
+    }
+    let status = command.args(["build", "--release", "--quiet"]).args(args).status();
     (status.is_ok_and(|s| s.success()) && binary.exists()).then_some(binary)
 }
 
