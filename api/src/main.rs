@@ -122,6 +122,16 @@ struct StoreArgs {
     data_dir: PathBuf,
 }
 
+impl StoreArgs {
+    /// PostgreSQL when a URL is given, else the embedded store in the data directory.
+    fn config(&self) -> StoreConfig {
+        match &self.database_url {
+            Some(url) => StoreConfig::Postgres(url.clone()),
+            None => StoreConfig::Sqlite(self.data_dir.clone()),
+        }
+    }
+}
+
 #[derive(Args)]
 struct ServeArgs {
     /// Roles to run: any of api, coordinator, participants.
@@ -130,15 +140,11 @@ struct ServeArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "SAGAFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
-    /// PostgreSQL event store (postgres://…); embedded SQLite when absent.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Kafka brokers (host:port,…); in-process transport when absent.
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
     kafka_bootstrap_servers: Option<String>,
-    /// Where the embedded store keeps its data.
-    #[arg(long, env = "SAGAFLOW_DATA_DIR", default_value = "./sagaflow-data")]
-    data_dir: PathBuf,
     /// Prefix of every Kafka topic.
     #[arg(long, env = "SAGAFLOW_TOPIC_PREFIX", default_value = "sagaflow")]
     topic_prefix: String,
@@ -223,11 +229,7 @@ fn main() -> ExitCode {
 }
 
 async fn rebuild_index(args: StoreArgs) -> Result<(), StartError> {
-    let config = match args.database_url {
-        Some(url) => StoreConfig::Postgres(url),
-        None => StoreConfig::Sqlite(args.data_dir),
-    };
-    let store = server::open_store(&config).await?;
+    let store = server::open_store(&args.config()).await?;
     let started = std::time::Instant::now();
     let projection = engine::saga_index_projection::SagaIndexProjection::new(store);
     let events = projection.rebuild().await?;
@@ -239,10 +241,7 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
     let roles = Roles::parse(&args.roles).map_err(StartError::Config)?;
     // Before anything is opened: an API that would be open to the network is refused first.
     let auth = args.auth.config(args.http_addr)?;
-    let store_config = match &args.database_url {
-        Some(url) => StoreConfig::Postgres(url.clone()),
-        None => StoreConfig::Sqlite(args.data_dir.clone()),
-    };
+    let store_config = args.store.config();
     let transport_config = match &args.kafka_bootstrap_servers {
         Some(servers) => {
             let mut kafka = KafkaConfig::new(servers.clone());

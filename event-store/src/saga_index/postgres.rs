@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::query::{page, push_stuck, Stored, StoredRow, CHECKPOINT};
+use super::query::{page, push_stuck, stuck_counts, Stored, StoredRow, CHECKPOINT};
 use super::{SagaIndex, SagaQuery, SagaRow, StuckCount, StuckFilter};
 use crate::error::{Error, Result};
 use crate::model::{i64_of, u64_of, AllPosition};
@@ -102,11 +102,9 @@ impl SagaIndex for PgSagaIndex {
     }
 
     async fn stuck_counts(&self, now: DateTime<Utc>, default_after_ms: u64) -> Result<Vec<StuckCount>> {
-        let mut sql =
-            sqlx::QueryBuilder::<sqlx::Postgres>::new("SELECT definition, count(*) FROM saga_index WHERE TRUE");
-        push_stuck(&mut sql, &StuckFilter { stuck: true, now, default_after_ms });
-        sql.push(" GROUP BY definition ORDER BY definition");
-        let counts: Vec<(String, i64)> = sql.build_query_as().fetch_all(&self.pool).await?;
+        let filter = StuckFilter { stuck: true, now, default_after_ms };
+        let counts: Vec<(String, i64)> =
+            stuck_counts::<sqlx::Postgres>(&filter).build_query_as().fetch_all(&self.pool).await?;
         Ok(counts.into_iter().map(|(definition, count)| StuckCount { definition, count: u64_of(count) }).collect())
     }
 

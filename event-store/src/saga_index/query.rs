@@ -52,15 +52,30 @@ where
     i64: Encode<'a, DB> + Type<DB>,
 {
     sql.push(if filter.stuck { " AND (" } else { " AND NOT (" });
+    // The statuses as literals (not bound), so that the partial index of open sagas serves
+    // every plan, generic ones included.
+    let open: Vec<String> = super::OPEN_STATUSES.iter().map(|s| format!("'{s}'")).collect();
+    sql.push(format!("status IN ({}) AND ", open.join(", ")));
     sql.push(
-        "status IN ('RUNNING', 'COMPENSATING', 'FAILED') AND \
-         CASE WHEN waiting_until_us > progress_us THEN waiting_until_us ELSE progress_us END \
+        "CASE WHEN waiting_until_us > progress_us THEN waiting_until_us ELSE progress_us END \
          + COALESCE(stuck_after_ms * 1000, ",
     );
     sql.push_bind(threshold_us(None, filter.default_after_ms));
     sql.push(") <= ");
     sql.push_bind(filter.now.timestamp_micros());
     sql.push(")");
+}
+
+/// Stuck sagas per definition, as `(definition, count)` rows.
+pub(super) fn stuck_counts<'a, DB>(filter: &StuckFilter) -> QueryBuilder<'a, DB>
+where
+    DB: Database,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let mut sql = QueryBuilder::new("SELECT definition, count(*) FROM saga_index WHERE TRUE");
+    push_stuck(&mut sql, filter);
+    sql.push(" GROUP BY definition ORDER BY definition");
+    sql
 }
 
 /// `SELECT <columns> FROM saga_index WHERE …` for one page of `query`, ordered for keyset
