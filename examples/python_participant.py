@@ -30,7 +30,6 @@ Usage:
 import argparse
 import json
 import logging
-import secrets
 import signal
 from datetime import datetime, timezone
 
@@ -42,15 +41,6 @@ log = logging.getLogger("participant")
 
 def now_rfc3339():
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def child_traceparent(parent, saga_id):
-    """A new span of the command's trace (the trace id is the saga id by default)."""
-    trace_id = saga_id.replace("-", "")
-    parts = (parent or "").split("-")
-    if len(parts) > 1 and len(parts[1]) == 32 and all(c in "0123456789abcdefABCDEF" for c in parts[1]):
-        trace_id = parts[1]
-    return f"00-{trace_id}-{secrets.randbits(64) | 1:016x}-01"
 
 
 def phase_of(command):
@@ -194,8 +184,9 @@ def main():
                     [
                         ("message_id", reply["message_id"]),
                         ("content-type", "application/json"),
-                        ("traceparent", child_traceparent(headers.get("traceparent"), command["saga_id"])),
-                    ],
+                    ]
+                    # Copied as is: the engine's decision on the reply joins the command's trace.
+                    + ([("traceparent", headers["traceparent"])] if headers.get("traceparent") else []),
                 )
                 log.info("%s %s attempt %s -> %s", command["message_id"], command["type"],
                          command.get("attempt", 1), reply["outcome"]["status"])

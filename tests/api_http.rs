@@ -717,6 +717,16 @@ mod routes {
         stock_and_credit(&s, "M", 5, "c-m", "10.00").await;
         let (_, placed) = s.call(Method::POST, "/orders", Some(order("c-m", "M", 1, "1.00"))).await;
         s.call(Method::GET, &format!("/orders/{}?wait=30", placed["order_id"].as_str().unwrap()), None).await;
+        // Every participant the order's commands went to, each circuit closed.
+        let (_, circuits) = s.call(Method::GET, "/participants", None).await;
+        let states: Vec<(String, String)> = circuits["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["participant"].as_str().unwrap().into(), p["state"].as_str().unwrap().into()))
+            .collect();
+        let closed = |p: &str| (p.to_owned(), "closed".to_owned());
+        assert_eq!(states, [closed("inventory"), closed("orders"), closed("payments")], "{circuits}");
         let metrics = s.send(Method::GET, "/metrics", None).await.text().await.unwrap();
         for name in [
             "http_request_duration_seconds",
@@ -749,7 +759,7 @@ mod routes {
                 assert_ne!(problem_type(&body), "urn:sagaflow:problem:no-such-route", "{method} {path} is not routed");
             }
         }
-        assert_eq!(operations, 26, "the API has 26 operations");
+        assert_eq!(operations, 27, "the API has 27 operations");
         let (status, body) = s.call(Method::GET, "/nowhere", None).await;
         assert_eq!((status, problem_type(&body)), (404, "urn:sagaflow:problem:no-such-route"));
         let (status, body) = s.call(Method::DELETE, "/orders", None).await;

@@ -30,6 +30,7 @@ fn spec(database_url: String, kafka: String, prefix: &str, name: &str, logs: &Pa
         http_port: free_port(),
         log_dir: logs.to_owned(),
         name: name.to_owned(),
+        env: Vec::new(),
     }
 }
 
@@ -216,11 +217,16 @@ async fn every_process_serves_health_and_metrics_whatever_its_roles(pool: PgPool
     let url = database_url_of(&pool).await;
     // (role, consumers it runs: the coordinator's replies; inventory, orders, payments)
     let roles = [("api", 0), ("coordinator", 1), ("participants", 3)];
+    // The API process serves its metrics on an address of their own.
+    let metrics_port = free_port();
     let mut processes: Vec<EngineProcess> = roles
         .iter()
         .map(|(role, _)| {
-            let spec =
+            let mut spec =
                 EngineSpec { roles: (*role).into(), ..spec(url.clone(), kafka_bootstrap(), &prefix, role, &logs) };
+            if *role == "api" {
+                spec.env.push(("SAGAFLOW_METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}")));
+            }
             EngineProcess::start(spec)
         })
         .collect();
@@ -235,7 +241,12 @@ async fn every_process_serves_health_and_metrics_whatever_its_roles(pool: PgPool
         let checks = ready["checks"].as_array().unwrap();
         let consumer_checks = checks.iter().filter(|c| c["name"].as_str().unwrap().starts_with("consumer ")).count();
         assert_eq!(consumer_checks, consumers, "{role}: {ready}");
-        let metrics = client.get(format!("{}/metrics", process.base)).send().await.unwrap();
+        let scraped = if role == "api" { format!("http://127.0.0.1:{metrics_port}") } else { process.base.clone() };
+        if role == "api" {
+            let moved = client.get(format!("{}/metrics", process.base)).send().await.unwrap();
+            assert_eq!(moved.status(), 404, "metrics moved to their own address");
+        }
+        let metrics = client.get(format!("{scraped}/metrics")).send().await.unwrap();
         assert_eq!(metrics.status(), 200, "{role}");
         assert!(metrics.text().await.unwrap().contains("http_request_duration_seconds"), "{role}");
         let api = client.get(format!("{}/saga-definitions", process.base)).send().await.unwrap().status();

@@ -314,7 +314,13 @@ async fn unanswered_step_times_out_is_retried_then_compensated(pool: PgPool) {
     let mut steps = sagas::order_fulfilment().steps;
     steps.truncate(1);
     steps.push(silent);
-    let definition = SagaDefinition { stuck_after_ms: None, name: "reserve-then-notify".into(), version: 0, steps };
+    let definition = SagaDefinition {
+        stuck_after_ms: None,
+        on_open_circuit: Default::default(),
+        name: "reserve-then-notify".into(),
+        version: 0,
+        steps,
+    };
     h.coordinator.registry().register(definition).await.unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let warehouse = tokio::spawn({

@@ -7,12 +7,47 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
-use crate::routes::{aggregates, customers, definitions, health, inventory, orders, saga_actions, sagas, streams};
+use crate::routes::{
+    aggregates, customers, definitions, health, inventory, orders, participants, saga_actions, sagas, streams,
+};
 use crate::state::AppState;
+
+/// What a process serves on its HTTP address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// The API (the `api` role); health is always served.
+    pub api: bool,
+    /// `/metrics`, unless it has its own address ([`metrics_router`]).
+    pub metrics: bool,
+}
 
 /// Every route of the API.
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
+    build(state, Layout { api: true, metrics: true })
+}
+
+/// The routes `layout` asks for.
+pub fn build(state: AppState, layout: Layout) -> Router {
+    let mut routes = operations(layout.metrics);
+    if layout.api {
+        routes = routes.merge(api_routes());
+    }
+    finish(routes, &state).with_state(state)
+}
+
+/// What a process without the `api` role serves: health and metrics only, so that every
+/// worker can be probed and scraped.
+pub fn operations_router(state: AppState) -> Router {
+    build(state, Layout { api: false, metrics: true })
+}
+
+/// `/metrics` alone, for its own address (`--metrics-addr`).
+pub fn metrics_router(state: AppState) -> Router {
+    finish(Router::new().route("/metrics", get(health::metrics)), &state).with_state(state)
+}
+
+fn api_routes() -> Router<AppState> {
+    Router::new()
         .route("/inventory/{sku}", put(inventory::set_stock).get(inventory::get_stock))
         .route("/customers/{id}/credit", put(customers::set_credit).get(customers::get_credit))
         .route("/orders", post(orders::submit))
@@ -28,27 +63,23 @@ pub fn router(state: AppState) -> Router {
         .route("/sagas/{id}/retry", post(saga_actions::retry))
         .route("/sagas/{id}/abort", post(saga_actions::abort))
         .route("/sagas/{id}/steps/{step}/resolve", post(saga_actions::resolve))
+        .route("/participants", get(participants::list))
         .route("/aggregates/{type}/{id}", get(aggregates::get_aggregate))
         .route("/streams/{id}/events", get(streams::read).post(streams::append))
         .route("/ui", get(crate::console::index))
         .route("/ui/", get(crate::console::index))
         .route("/ui/app.js", get(crate::console::script))
         .route("/ui/style.css", get(crate::console::style))
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }));
-    finish(routes.merge(operations()), &state).with_state(state)
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
 }
 
-/// What a process without the `api` role serves: health and metrics only, so that every
-/// worker can be probed and scraped.
-pub fn operations_router(state: AppState) -> Router {
-    finish(operations(), &state).with_state(state)
-}
-
-fn operations() -> Router<AppState> {
-    Router::new()
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
+fn operations(metrics: bool) -> Router<AppState> {
+    let health = Router::new().route("/health/live", get(health::live)).route("/health/ready", get(health::ready));
+    if metrics {
+        health.route("/metrics", get(health::metrics))
+    } else {
+        health
+    }
 }
 
 /// The fallbacks and layers every router shares.
@@ -62,5 +93,9 @@ fn finish(router: Router<AppState>, state: &AppState) -> Router<AppState> {
         .layer(middleware::from_fn(crate::metrics::track))
         .layer(DefaultBodyLimit::max(state.limits.body_bytes))
         .layer(middleware::from_fn_with_state(state.limits.clone(), crate::limits::request_timeout))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(crate::telemetry::http_span)
+                .on_response(crate::telemetry::record_status),
+        )
 }

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod timeline;
 pub mod wait;
 

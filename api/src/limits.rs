@@ -130,3 +130,30 @@ pub async fn rate_limit(State(limits): State<Limits>, request: Request, next: Ne
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_request_past_the_timeout_is_answered_busy_and_a_quick_one_is_not() {
+        let limits = Limits::new(10, Duration::from_millis(100), 1024);
+        let app = Router::new()
+            .route("/slow", get(|| tokio::time::sleep(Duration::from_secs(5))))
+            .route("/quick", get(|| async { "done" }))
+            .layer(axum::middleware::from_fn_with_state(limits, request_timeout));
+        let call = |path: &'static str| {
+            let app = app.clone();
+            async move { app.oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap() }
+        };
+        let slow = call("/slow").await;
+        assert_eq!(slow.status(), 503);
+        assert_eq!(slow.headers()["content-type"], "application/problem+json");
+        assert!(slow.headers().contains_key("retry-after"));
+        assert_eq!(call("/quick").await.status(), 200);
+    }
+}

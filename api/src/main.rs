@@ -11,6 +11,7 @@ use std::time::Duration;
 use api::auth::AuthConfig;
 use api::server::{self, Roles, StartError, StoreConfig, TransportConfig};
 use clap::{Args, Parser, Subcommand};
+use engine::circuit_breaker::BreakerSetting;
 use engine::topics::Topics;
 use engine::transport::kafka::KafkaConfig;
 use jsonwebtoken::Algorithm;
@@ -140,6 +141,10 @@ struct ServeArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "SAGAFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
+    /// Serve `/metrics` on this address only (not on the HTTP address), for scrapers on
+    /// another network than the API's callers.
+    #[arg(long, env = "SAGAFLOW_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     store: StoreArgs,
     /// Kafka brokers (host:port,…); in-process transport when absent.
@@ -187,6 +192,11 @@ struct ServeArgs {
     /// topics' retention, so a message redelivered from Kafka is still recognised.
     #[arg(long, env = "SAGAFLOW_DEDUP_WINDOW", default_value = "8d", value_parser = humantime::parse_duration)]
     dedup_window: Duration,
+    /// Circuit breakers, repeatable: `key=value,…` sets the defaults, `participant:key=value,…`
+    /// one participant. Keys: failure_rate (0.5), min_calls (5), window (30s), cool_down (15s).
+    /// In the variable, settings are separated by ';'.
+    #[arg(long = "circuit-breaker", env = "SAGAFLOW_CIRCUIT_BREAKER", value_delimiter = ';')]
+    circuit_breaker: Vec<BreakerSetting>,
 }
 
 /// A stuck threshold: 1 s to 30 days, as a definition's `stuck_after_ms`.
@@ -200,12 +210,7 @@ fn stuck_after(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let command = Cli::parse().command;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,rdkafka=warn".into()),
-        )
-        .init();
+    let telemetry = api::telemetry::Telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -219,6 +224,7 @@ fn main() -> ExitCode {
     };
     // Tasks aborted at shutdown may be stuck in a blocking call: do not wait for them long.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -277,6 +283,7 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
     options.retention.outbox = args.outbox_retention;
     options.retention.dedup_window = args.dedup_window;
     options.stuck_after = args.stuck_after;
+    options.circuit_breakers = args.circuit_breaker;
     options.auth = auth;
     if options.auth.is_none() && !args.http_addr.ip().is_loopback() {
         tracing::warn!(addr = %args.http_addr, "serving without authentication (--insecure-no-auth)");
@@ -297,13 +304,27 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
     {
         // Every process serves health and metrics; only the `api` role serves the API.
         let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
-        let app = if roles.api {
+        let layout = api::app::Layout { api: roles.api, metrics: args.metrics_addr.is_none() };
+        if roles.api {
             tracing::info!(addr = %args.http_addr, "HTTP API listening");
-            api::router(engine.state.clone())
         } else {
-            tracing::info!(addr = %args.http_addr, "health and metrics listening (no api role)");
-            api::app::operations_router(engine.state.clone())
-        };
+            tracing::info!(addr = %args.http_addr, "health listening (no api role)");
+        }
+        let app = api::app::build(engine.state.clone(), layout);
+        if let Some(addr) = args.metrics_addr {
+            let metrics = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(%addr, "metrics listening");
+            let app = api::app::metrics_router(engine.state.clone());
+            let stop = shutdown.clone().cancelled_owned();
+            tokio::spawn(async move {
+                let served = axum::serve(metrics, app.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(stop)
+                    .await;
+                if let Err(err) = served {
+                    tracing::error!(error = %err, "the metrics listener stopped");
+                }
+            });
+        }
         let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         // Long polls (`?wait=`) could hold a graceful stop for their whole wait: give

@@ -2,7 +2,9 @@
 
 use utoipa::OpenApi;
 
-use crate::routes::{aggregates, customers, definitions, health, inventory, orders, saga_actions, sagas, streams};
+use crate::routes::{
+    aggregates, customers, definitions, health, inventory, orders, participants, saga_actions, sagas, streams,
+};
 
 /// Sagaflow's OpenAPI document, served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -28,6 +30,7 @@ use crate::routes::{aggregates, customers, definitions, health, inventory, order
         saga_actions::retry,
         saga_actions::abort,
         saga_actions::resolve,
+        participants::list,
         aggregates::get_aggregate,
         streams::read,
         streams::append,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::circuit_breaker::{BreakerSetting, CircuitBreakers};
 use engine::coordinator::Coordinator;
 use engine::definition_registry::DefinitionRegistry;
 use engine::retention::Retention;
@@ -115,6 +116,8 @@ pub struct EngineOptions {
     pub limits: Limits,
     /// Bearer-token authentication; `None` leaves the API open (loopback use).
     pub auth: Option<Arc<crate::auth::AuthConfig>>,
+    /// The participants' circuit breakers: defaults, then per-participant settings.
+    pub circuit_breakers: Vec<BreakerSetting>,
 }
 
 impl EngineOptions {
@@ -126,6 +129,7 @@ impl EngineOptions {
             stuck_after: DEFAULT_STUCK_AFTER,
             limits: Limits::default(),
             auth: None,
+            circuit_breakers: Vec::new(),
         }
     }
 }
@@ -140,7 +144,9 @@ pub async fn start(
 ) -> Result<Engine, StartError> {
     let registry = Arc::new(DefinitionRegistry::new(Arc::clone(&store)));
     registry.ensure(sagas::order_fulfilment()).await?;
-    let coordinator = Arc::new(Coordinator::new(Arc::clone(&store), registry, topics));
+    let breakers = CircuitBreakers::new(&options.circuit_breakers).map_err(StartError::Config)?;
+    let coordinator =
+        Arc::new(Coordinator::new(Arc::clone(&store), registry, topics).with_circuit_breakers(Arc::new(breakers)));
     let participants = if roles.participants {
         sagas::participants::builtin(&store).into_iter().map(|(name, handler)| (name.to_owned(), handler)).collect()
     } else {

@@ -141,7 +141,8 @@ impl Timeline {
             E::CompensationFailed { step, reason, .. } => {
                 self.close(at, &step, Phase::Compensation, Outcome::CompensationFailed, reason);
             }
-            E::StepRetryScheduled { step, phase, .. } => {
+            // A held attempt waits as a retry's backoff does.
+            E::StepRetryScheduled { step, phase, .. } | E::StepHeld { step, phase, .. } => {
                 let step = self.index(&step);
                 self.backoffs.push(Backoff { step, phase, from: at, to: None });
             }
@@ -372,6 +373,7 @@ mod tests {
         use SagaEvent as E;
         let definition = SagaDefinition {
             stuck_after_ms: None,
+            on_open_circuit: Default::default(),
             name: "ship <&> go".into(),
             version: 2,
             steps: vec![step("reserve", Some("Undo")), step("ship", None)],

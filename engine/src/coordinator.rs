@@ -13,18 +13,21 @@ use event_store::{Commit, Error as StoreError, EventStore, ExpectedVersion, Reco
 use futures::TryStreamExt;
 use lru::LruCache;
 use serde_json::{json, Value};
+use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::circuit_breaker::CircuitBreakers;
 use crate::codec::{decode, encode};
 use crate::consumer_loop::MessageHandler;
 use crate::dead_letter::send_to_dead_letter;
 use crate::definition::SagaDefinition;
 use crate::definition_registry::DefinitionRegistry;
-use crate::envelope::{Envelope, MessageKind, Outcome};
+use crate::envelope::{traceparent_for, Envelope, MessageKind, Outcome, HEADER_TRACEPARENT};
 use crate::error::{Error, Result};
 use crate::operator_actions::{Actor, OperatorAction};
 use crate::saga::{self, Failure, ReplyOutcome, SagaEvent, SagaState};
 use crate::topics::Topics;
+use crate::trace_context;
 use crate::transport::Delivery;
 
 /// The name under which the coordinator records processed replies.
@@ -44,6 +47,9 @@ pub struct SagaView {
     pub state: SagaState,
     /// The stream version the state was folded to.
     pub version: u64,
+    /// The `traceparent` of the saga's latest decision (its events' metadata): where a
+    /// decision no message caused, such as a timeout, joins the saga's trace.
+    pub trace: Option<String>,
 }
 
 /// What became of a reply.
@@ -66,13 +72,28 @@ pub struct Coordinator {
     /// read. Only a cache: every decision is committed with the cached version as the
     /// expected one, and a conflict (another process moved the saga on) reloads.
     cache: Mutex<LruCache<Uuid, Arc<SagaView>>>,
+    /// Each participant's circuit, as this process's decisions have seen it.
+    breakers: Arc<CircuitBreakers>,
 }
 
 impl Coordinator {
     /// A coordinator over `store`.
     pub fn new(store: Arc<dyn EventStore>, registry: Arc<DefinitionRegistry>, topics: Topics) -> Self {
         let capacity = NonZeroUsize::new(CACHED_SAGAS).unwrap_or(NonZeroUsize::MIN);
-        Self { store, registry, topics, cache: Mutex::new(LruCache::new(capacity)) }
+        let breakers = Arc::new(CircuitBreakers::default());
+        Self { store, registry, topics, cache: Mutex::new(LruCache::new(capacity)), breakers }
+    }
+
+    /// Uses `breakers` for the participants' circuits (default policy otherwise).
+    #[must_use]
+    pub fn with_circuit_breakers(mut self, breakers: Arc<CircuitBreakers>) -> Self {
+        self.breakers = breakers;
+        self
+    }
+
+    /// The participants' circuits.
+    pub fn circuit_breakers(&self) -> &Arc<CircuitBreakers> {
+        &self.breakers
     }
 
     fn cached(&self) -> std::sync::MutexGuard<'_, LruCache<Uuid, Arc<SagaView>>> {
@@ -126,13 +147,19 @@ impl Coordinator {
         saga_id: Uuid,
         extra: Commit,
     ) -> Result<Uuid> {
-        let events = saga::start(saga_id, definition.clone(), input, Utc::now());
-        let (commit, after) = self.decision_commit(saga_id, &SagaState::default(), 0, &events, None, extra)?;
-        self.store.commit(commit).await?;
-        self.remember(saga_id, after);
-        metrics::counter!("sagaflow_sagas_started_total", "definition" => definition.name.clone()).increment(1);
-        tracing::info!(saga_id = %saga_id, definition = %definition.name, version = definition.version, "saga started");
-        Ok(saga_id)
+        let span = tracing::info_span!("saga start", otel.name = %format!("saga start {}", definition.name),
+            saga_id = %saga_id, definition = %definition.name);
+        async {
+            let events = saga::start_gated(saga_id, definition.clone(), input, Utc::now(), self.breakers.as_ref());
+            let (commit, after) = self.decision_commit(saga_id, &SagaState::default(), 0, &events, None, extra)?;
+            self.store.commit(commit).await?;
+            self.remember(saga_id, after);
+            metrics::counter!("sagaflow_sagas_started_total", "definition" => definition.name.clone()).increment(1);
+            tracing::info!(saga_id = %saga_id, definition = %definition.name, version = definition.version, "saga started");
+            Ok(saga_id)
+        }
+        .instrument(span)
+        .await
     }
 
     /// The saga's current state, or `None` when there is no such saga.
@@ -171,6 +198,9 @@ impl Coordinator {
             }
             view.state.apply(&decode::<SagaEvent>(&event)?);
             view.version = event.version;
+            if let Some(trace) = event.metadata.get(HEADER_TRACEPARENT).and_then(Value::as_str) {
+                view.trace = Some(trace.to_owned());
+            }
         }
         Ok(read)
     }
@@ -201,6 +231,19 @@ impl Coordinator {
             in_reply_to: envelope.in_reply_to.clone().unwrap_or_default(),
             result,
         };
+        let span = tracing::info_span!("saga reply", otel.name = %format!("saga reply {}", envelope.step),
+            otel.kind = "consumer", saga_id = %envelope.saga_id, step = %envelope.step);
+        trace_context::set_parent(&span, delivery.headers.get(HEADER_TRACEPARENT).map(String::as_str));
+        self.apply_reply(delivery, &envelope, &reply).instrument(span).await
+    }
+
+    /// Decides on a parsed reply, deciding again on a conflict.
+    async fn apply_reply(
+        &self,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        reply: &ReplyOutcome,
+    ) -> Result<ReplyHandled> {
         for _ in 0..MAX_CONFLICT_RETRIES {
             let view = match self.current(envelope.saga_id).await {
                 Ok(Some(view)) => view,
@@ -212,7 +255,7 @@ impl Coordinator {
                 }
                 Err(err) => return Err(err),
             };
-            let events = view.state.on_reply(&reply, Utc::now());
+            let events = view.state.on_reply_gated(reply, Utc::now(), self.breakers.as_ref());
             let (commit, after) = self.decision_commit(
                 envelope.saga_id,
                 &view.state,
@@ -225,6 +268,7 @@ impl Coordinator {
                 Ok(_) => {
                     log_decision(envelope.saga_id, &view.state, &events);
                     self.remember(envelope.saga_id, after);
+                    self.record_outcomes(&view.state, &events).await;
                     return Ok(ReplyHandled::Applied);
                 }
                 Err(StoreError::AlreadyProcessed { .. }) => return Ok(ReplyHandled::Duplicate),
@@ -253,7 +297,7 @@ impl Coordinator {
                 }
                 Err(err) => return Err(err),
             };
-            let events = view.state.on_timer(now);
+            let events = view.state.on_timer_gated(now, self.breakers.as_ref());
             if events.is_empty() {
                 // The timer is stale (the saga moved on): align it with the saga, unless the
                 // saga changed meanwhile (then its own commit set the right timer).
@@ -272,12 +316,17 @@ impl Coordinator {
                     Err(e) => Err(e.into()),
                 };
             }
-            let (commit, after) =
-                self.decision_commit(saga_id, &view.state, view.version, &events, None, Commit::default())?;
-            match self.store.commit(commit).await {
+            // A decision no message caused joins the saga's trace where it last left it.
+            let span = tracing::info_span!("saga timer", saga_id = %saga_id);
+            trace_context::set_parent(&span, view.trace.as_deref());
+            let (commit, after) = span.in_scope(|| {
+                self.decision_commit(saga_id, &view.state, view.version, &events, None, Commit::default())
+            })?;
+            match self.store.commit(commit).instrument(span).await {
                 Ok(_) => {
                     log_decision(saga_id, &view.state, &events);
                     self.remember(saga_id, after);
+                    self.record_outcomes(&view.state, &events).await;
                     return Ok(());
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) => self.forget(saga_id),
@@ -294,6 +343,18 @@ impl Coordinator {
     /// record, say) to the same transaction. With `expected_version`, the saga must not
     /// have changed since the operator looked at it.
     pub async fn act(
+        &self,
+        saga_id: Uuid,
+        action: &OperatorAction,
+        actor: &Actor,
+        expected_version: Option<u64>,
+        extra: Commit,
+    ) -> Result<SagaView> {
+        let span = tracing::info_span!("saga operator action", saga_id = %saga_id, actor = %actor.name);
+        self.act_on(saga_id, action, actor, expected_version, extra).instrument(span).await
+    }
+
+    async fn act_on(
         &self,
         saga_id: Uuid,
         action: &OperatorAction,
@@ -338,6 +399,47 @@ impl Coordinator {
         Err(Error::Contention { stream: saga_stream(saga_id), attempts: MAX_CONFLICT_RETRIES })
     }
 
+    /// Tells the circuit breakers what a committed decision learnt of its participants: an
+    /// answer (a refusal too) is a success, a timeout or retryable failure a failure. When that
+    /// closes a circuit, the sagas held by it are woken (their timers made due now).
+    async fn record_outcomes(&self, before: &SagaState, events: &[SagaEvent]) {
+        let now = Utc::now();
+        let mut woken = Vec::new();
+        for event in events {
+            let (step, failed) = match event {
+                SagaEvent::StepSucceeded { step, .. } | SagaEvent::StepCompensated { step, .. } => (step, false),
+                // Only an answer to the attempt sent: a step failed fast (its circuit was
+                // open) never reached the participant.
+                SagaEvent::StepFailed { step, attempt, retryable, .. } => {
+                    let answered = before.awaiting.as_ref().is_some_and(|a| {
+                        a.attempt == *attempt && before.step_def(a.step).is_some_and(|d| &d.name == step)
+                    });
+                    if !answered {
+                        continue;
+                    }
+                    (step, *retryable)
+                }
+                SagaEvent::StepTimedOut { step, .. } | SagaEvent::CompensationFailed { step, .. } => (step, true),
+                _ => continue,
+            };
+            let Some(def) = before.definition.as_ref().and_then(|d| d.steps.iter().find(|s| &s.name == step)) else {
+                continue;
+            };
+            woken.extend(self.breakers.record(&def.participant, failed, now));
+        }
+        if woken.is_empty() {
+            return;
+        }
+        let mut wake = Commit::default();
+        for saga_id in &woken {
+            wake = wake.with_timer(TimerChange::Set { key: saga_id.to_string(), due_at: now });
+        }
+        // Not waking them only delays them to their own timer (the end of the hold).
+        if let Err(err) = self.store.commit(wake).await {
+            tracing::warn!(error = %err, sagas = woken.len(), "cannot wake the sagas a closed circuit held");
+        }
+    }
+
     async fn set_timer(&self, key: &str, at: Option<DateTime<Utc>>) -> Result<()> {
         let change = match at {
             Some(due_at) => TimerChange::Set { key: key.to_owned(), due_at },
@@ -365,7 +467,13 @@ impl Coordinator {
     ) -> Result<(Commit, SagaView)> {
         let mut working = state.clone();
         let mut stored = Vec::with_capacity(events.len());
-        let metadata = json!({ "correlation_id": saga_id, "causation_id": reply_id });
+        let trace = trace_context::current();
+        let metadata = match &trace {
+            Some(trace) => json!({ "correlation_id": saga_id, "causation_id": reply_id, HEADER_TRACEPARENT: trace }),
+            None => json!({ "correlation_id": saga_id, "causation_id": reply_id }),
+        };
+        // Without exported spans, the saga id is the trace id: one saga is one trace.
+        let command_trace = trace.clone().unwrap_or_else(|| traceparent_for(saga_id));
         for event in events {
             working.apply(event);
             if let Some(command) = working.command_for(event) {
@@ -382,7 +490,8 @@ impl Coordinator {
                     outcome: None,
                     sent_at: Utc::now(),
                 };
-                commit.outbox.push(envelope.to_message(&self.topics.commands(&command.step.participant), None));
+                let topic = self.topics.commands(&command.step.participant);
+                commit.outbox.push(envelope.to_message(&topic, Some(&command_trace)));
             }
             stored.push(encode(event)?.with_metadata(metadata.clone()));
         }
@@ -402,7 +511,7 @@ impl Coordinator {
             commit = commit.processing(CONSUMER_NAME, reply_id);
         }
         let version = version + stored_count;
-        Ok((commit, SagaView { state: working, version }))
+        Ok((commit, SagaView { state: working, version, trace }))
     }
 }
 
@@ -475,7 +584,13 @@ mod tests {
             retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
         };
         registry
-            .register(SagaDefinition { stuck_after_ms: None, name: "one".into(), version: 0, steps: vec![step] })
+            .register(SagaDefinition {
+                stuck_after_ms: None,
+                on_open_circuit: Default::default(),
+                name: "one".into(),
+                version: 0,
+                steps: vec![step],
+            })
             .await
             .unwrap();
         // Two coordinators over one store, as two processes: the API's started the saga (and

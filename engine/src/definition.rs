@@ -21,6 +21,26 @@ pub struct SagaDefinition {
     /// the engine's default (`--stuck-after`) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck_after_ms: Option<u64>,
+    /// What a step does while its participant's circuit is open.
+    #[serde(default, skip_serializing_if = "OnOpenCircuit::is_hold")]
+    pub on_open_circuit: OnOpenCircuit,
+}
+
+/// What a step does while its participant's circuit is open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOpenCircuit {
+    /// The command waits, spending no attempt and running no timeout, until the circuit closes.
+    #[default]
+    Hold,
+    /// The step fails at once and the saga compensates. Compensations always wait.
+    Fail,
+}
+
+impl OnOpenCircuit {
+    fn is_hold(&self) -> bool {
+        *self == Self::Hold
+    }
 }
 
 /// One step of a saga.
@@ -194,6 +214,7 @@ mod tests {
     fn valid_definition_with_one_pivot_passes() {
         let def = SagaDefinition {
             stuck_after_ms: None,
+            on_open_circuit: Default::default(),
             name: "s".into(),
             version: 0,
             steps: vec![step("a", Some("Undo")), step("b", None)],
@@ -205,7 +226,13 @@ mod tests {
     #[test]
     fn steps_after_the_pivot_may_lack_a_compensation() {
         let steps = vec![step("a", Some("Undo")), step("pivot", None), step("settle", None)];
-        let def = SagaDefinition { stuck_after_ms: None, name: "s".into(), version: 0, steps };
+        let def = SagaDefinition {
+            stuck_after_ms: None,
+            on_open_circuit: Default::default(),
+            name: "s".into(),
+            version: 0,
+            steps,
+        };
         def.validate().unwrap();
         assert_eq!(def.pivot(), Some(1), "the first step without a compensation is the pivot");
     }
@@ -217,6 +244,7 @@ mod tests {
         bad.retry.max_attempts = 0;
         let def = SagaDefinition {
             stuck_after_ms: None,
+            on_open_circuit: Default::default(),
             name: "bad name!".into(),
             version: 0,
             steps: vec![bad, step("a", None)],
@@ -231,7 +259,13 @@ mod tests {
 
     #[test]
     fn empty_definition_is_rejected() {
-        let def = SagaDefinition { stuck_after_ms: None, name: "s".into(), version: 0, steps: vec![] };
+        let def = SagaDefinition {
+            stuck_after_ms: None,
+            on_open_circuit: Default::default(),
+            name: "s".into(),
+            version: 0,
+            steps: vec![],
+        };
         assert!(matches!(def.validate(), Err(Error::InvalidDefinition(p)) if p.len() == 1));
     }
 

@@ -13,7 +13,7 @@ pub struct DefinitionDiff {
     pub removed: Vec<String>,
     /// Steps both have, with the fields that differ (`position` when it moved).
     pub changed: Vec<StepChange>,
-    /// Fields of the definition itself that differ (`stuck_after_ms`).
+    /// Fields of the definition itself that differ (`stuck_after_ms`, `on_open_circuit`).
     #[serde(default)]
     pub fields: Vec<String>,
 }
@@ -64,6 +64,9 @@ impl DefinitionDiff {
         if old.is_some_and(|d| d.stuck_after_ms != new.stuck_after_ms) {
             diff.fields.push("stuck_after_ms".into());
         }
+        if old.is_some_and(|d| d.on_open_circuit != new.on_open_circuit) {
+            diff.fields.push("on_open_circuit".into());
+        }
         diff
     }
 
@@ -93,6 +96,7 @@ mod tests {
     fn lists_added_removed_and_changed_steps() {
         let old = SagaDefinition {
             stuck_after_ms: None,
+            on_open_circuit: Default::default(),
             name: "s".into(),
             version: 1,
             steps: vec![step("a", "A"), step("b", "B"), step("c", "C")],
@@ -101,6 +105,7 @@ mod tests {
         slower.timeout_ms = 5_000;
         let new = SagaDefinition {
             stuck_after_ms: None,
+            on_open_circuit: Default::default(),
             name: "s".into(),
             version: 0,
             steps: vec![step("a", "A2"), slower, step("d", "D")],

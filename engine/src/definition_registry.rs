@@ -132,6 +132,7 @@ mod tests {
     fn def(command: &str) -> SagaDefinition {
         SagaDefinition {
             stuck_after_ms: None,
+            on_open_circuit: Default::default(),
             name: "demo".into(),
             version: 0,
             steps: vec![StepDefinition {

@@ -2,6 +2,7 @@
 //! machine, the coordinator that drives it, and the transports it speaks over.
 
 pub mod aggregate;
+pub mod circuit_breaker;
 pub mod codec;
 pub mod consumer_loop;
 pub mod coordinator;
@@ -22,6 +23,7 @@ pub mod saga_index_projection;
 pub mod stuck_sagas;
 pub mod timeouts;
 pub mod topics;
+pub mod trace_context;
 pub mod transport;
 
 pub use aggregate::Aggregate;

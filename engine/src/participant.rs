@@ -15,6 +15,7 @@ use crate::envelope::{child_traceparent, Envelope, MessageKind, Outcome, HEADER_
 use crate::error::{Error, Result};
 use crate::saga::Failure;
 use crate::topics::Topics;
+use crate::trace_context;
 use crate::transport::Delivery;
 
 /// The effect of one command: what to append, and what to answer.
@@ -87,8 +88,9 @@ impl ParticipantRuntime {
             Ok(_) => return self.dead_letter(delivery, "expected a command, got a reply").await,
             Err(reason) => return self.dead_letter(delivery, &reason).await,
         };
-        let span =
-            tracing::info_span!("command", saga_id = %command.saga_id, participant = %self.name, step = %command.step);
+        let span = tracing::info_span!("command", otel.name = %format!("{} {}", self.name, command.message_type),
+            otel.kind = "consumer", saga_id = %command.saga_id, participant = %self.name, step = %command.step);
+        trace_context::set_parent(&span, delivery.headers.get(HEADER_TRACEPARENT).map(String::as_str));
         self.apply(delivery, &command).instrument(span).await
     }
 
@@ -107,8 +109,9 @@ impl ParticipantRuntime {
             };
             let reply = command.reply(outcome, output);
             let topic = command.reply_to.clone().unwrap_or_else(|| self.topics.replies());
-            let trace =
-                child_traceparent(delivery.headers.get(HEADER_TRACEPARENT).map(String::as_str), command.saga_id);
+            let trace = trace_context::current().unwrap_or_else(|| {
+                child_traceparent(delivery.headers.get(HEADER_TRACEPARENT).map(String::as_str), command.saga_id)
+            });
             let commit = Commit { appends: effect.appends, ..Commit::default() }
                 .with_message(reply.to_message(&topic, Some(&trace)))
                 .processing(self.consumer_name(), command.message_id.clone());

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dead_letter::storable;
 use crate::envelope::{HEADER_DLQ_REASON, HEADER_DLQ_SOURCE};
 use crate::error::{Error, Result};
+use crate::trace_context;
 use crate::transport::Transport;
 
 /// How long a claim on outbox messages lasts unless renewed; the relay renews its claims
@@ -126,7 +127,10 @@ impl OutboxRelay {
     async fn publish_claimed(&self, claimed: &mut Vec<OutboxMessage>) -> Result<usize> {
         let mut published = 0;
         while !claimed.is_empty() {
-            let messages: Vec<_> = claimed.iter().map(|m| m.message.clone()).collect();
+            let mut messages: Vec<_> = claimed.iter().map(|m| m.message.clone()).collect();
+            // Each message's publish span ends when the batch is published.
+            let _spans: Vec<_> =
+                messages.iter_mut().filter_map(|m| trace_context::publish_span(&m.topic, &mut m.headers)).collect();
             match self.transport.publish(&messages).await {
                 Ok(()) => {
                     let ids = ids_of(claimed);

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::definition::{SagaDefinition, StepDefinition};
+use crate::definition::{OnOpenCircuit, SagaDefinition, StepDefinition};
 
 /// Running a step, or undoing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,15 @@ pub enum SagaEvent {
         phase: Phase,
         next_attempt: u32,
         at: DateTime<Utc>,
+    },
+    /// The participant's circuit is open: the attempt waits, unspent and with no timeout
+    /// running, until `until` or until the circuit closes.
+    StepHeld {
+        step: String,
+        phase: Phase,
+        attempt: u32,
+        participant: String,
+        until: DateTime<Utc>,
     },
     CompensationStarted {
         failed_step: String,
@@ -272,13 +281,16 @@ pub struct Awaiting {
     pub deadline: DateTime<Utc>,
 }
 
-/// A retry waiting for its backoff to pass.
+/// A retry waiting for its backoff to pass, or an attempt held by an open circuit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduledRetry {
     pub step: usize,
     pub phase: Phase,
     pub attempt: u32,
     pub at: DateTime<Utc>,
+    /// Held by an open circuit: it goes (or waits again) whenever the saga is woken.
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// A saga's state: the fold of its stream.
@@ -391,6 +403,17 @@ impl SagaState {
                     phase: *phase,
                     attempt: *next_attempt,
                     at: *at,
+                    held: false,
+                });
+            }
+            SagaEvent::StepHeld { step, phase, attempt, until, .. } => {
+                self.awaiting = None;
+                self.retry = self.step_index(step).map(|index| ScheduledRetry {
+                    step: index,
+                    phase: *phase,
+                    attempt: *attempt,
+                    at: *until,
+                    held: true,
                 });
             }
             SagaEvent::CompensationStarted { reason, .. } => {
@@ -504,16 +527,43 @@ impl SagaState {
     }
 }
 
+/// Whether a participant takes commands now; the coordinator's circuit breakers answer.
+pub trait Gate {
+    /// `None` to send saga `saga_id`'s command to `participant` now; else the time until
+    /// which its circuit is open. `patience` is how long the command's answer may take.
+    fn open_until(
+        &self,
+        participant: &str,
+        saga_id: Uuid,
+        patience: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>>;
+}
+
+/// A gate that is never closed: every command goes.
+pub struct NoGate;
+
+impl Gate for NoGate {
+    fn open_until(&self, _: &str, _: Uuid, _: std::time::Duration, _: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        None
+    }
+}
+
 /// Builds the events of a decision while keeping a state that already includes them.
-pub(crate) struct Decision {
+pub(crate) struct Decision<'g> {
     pub(crate) state: SagaState,
     pub(crate) events: Vec<SagaEvent>,
     now: DateTime<Utc>,
+    gate: &'g dyn Gate,
 }
 
-impl Decision {
+impl<'g> Decision<'g> {
     pub(crate) fn new(state: &SagaState, now: DateTime<Utc>) -> Self {
-        Self { state: state.clone(), events: Vec::new(), now }
+        Self::gated(state, now, &NoGate)
+    }
+
+    pub(crate) fn gated(state: &SagaState, now: DateTime<Utc>, gate: &'g dyn Gate) -> Self {
+        Self { state: state.clone(), events: Vec::new(), now, gate }
     }
 
     pub(crate) fn emit(&mut self, event: SagaEvent) {
@@ -525,10 +575,30 @@ impl Decision {
         self.state.step_def(index).map(|s| s.name.clone()).unwrap_or_default()
     }
 
+    /// Sends the attempt, unless the participant's circuit is open: then the attempt waits,
+    /// or, when the definition says so, a forward step fails at once.
     pub(crate) fn send(&mut self, index: usize, phase: Phase, attempt: u32) {
         let Some(def) = self.state.step_def(index) else { return };
         let saga_id = self.state.saga_id.unwrap_or_default();
         let step = def.name.clone();
+        if let Some(until) = self.gate.open_until(&def.participant, saga_id, def.timeout(), self.now) {
+            let participant = def.participant.clone();
+            let fail_fast = phase == Phase::Forward
+                && self.state.definition.as_ref().is_some_and(|d| d.on_open_circuit == OnOpenCircuit::Fail);
+            if fail_fast {
+                let reason = format!("participant '{participant}' is unavailable (its circuit is open)");
+                self.emit(SagaEvent::StepFailed {
+                    step: step.clone(),
+                    attempt,
+                    reason: reason.clone(),
+                    retryable: false,
+                });
+                self.begin_compensation(index, format!("step '{step}' failed: {reason}"));
+            } else {
+                self.emit(SagaEvent::StepHeld { step, phase, attempt, participant, until });
+            }
+            return;
+        }
         let message_id = format!("{saga_id}/{step}/{}/{attempt}", phase.as_str());
         let deadline = self.now + chrono::Duration::from_std(def.timeout()).unwrap_or(chrono::Duration::MAX);
         self.emit(match phase {
@@ -611,7 +681,18 @@ impl Decision {
 
 /// The events that start a saga: it is recorded, and its first step's command is sent.
 pub fn start(saga_id: Uuid, definition: SagaDefinition, input: Value, now: DateTime<Utc>) -> Vec<SagaEvent> {
-    let mut decision = Decision::new(&SagaState::default(), now);
+    start_gated(saga_id, definition, input, now, &NoGate)
+}
+
+/// [`start`], through `gate`.
+pub fn start_gated(
+    saga_id: Uuid,
+    definition: SagaDefinition,
+    input: Value,
+    now: DateTime<Utc>,
+    gate: &dyn Gate,
+) -> Vec<SagaEvent> {
+    let mut decision = Decision::gated(&SagaState::default(), now, gate);
     decision.emit(SagaEvent::SagaStarted { saga_id, definition, input });
     decision.send(0, Phase::Forward, 1);
     decision.events
@@ -620,7 +701,12 @@ pub fn start(saga_id: Uuid, definition: SagaDefinition, input: Value, now: DateT
 impl SagaState {
     /// The events a participant's reply leads to.
     pub fn on_reply(&self, reply: &ReplyOutcome, now: DateTime<Utc>) -> Vec<SagaEvent> {
-        let mut d = Decision::new(self, now);
+        self.on_reply_gated(reply, now, &NoGate)
+    }
+
+    /// [`Self::on_reply`], with the commands it sends through `gate`.
+    pub fn on_reply_gated(&self, reply: &ReplyOutcome, now: DateTime<Utc>, gate: &dyn Gate) -> Vec<SagaEvent> {
+        let mut d = Decision::gated(self, now, gate);
         let awaited = self
             .awaiting
             .clone()
@@ -691,9 +777,15 @@ impl SagaState {
         Some((index, phase, attempt))
     }
 
-    /// The events a due timer leads to: a timed-out attempt, or a retry whose backoff passed.
+    /// The events a due timer leads to: a timed-out attempt, a retry whose backoff passed,
+    /// or a held attempt (which goes, or waits again).
     pub fn on_timer(&self, now: DateTime<Utc>) -> Vec<SagaEvent> {
-        let mut d = Decision::new(self, now);
+        self.on_timer_gated(now, &NoGate)
+    }
+
+    /// [`Self::on_timer`], with the commands it sends through `gate`.
+    pub fn on_timer_gated(&self, now: DateTime<Utc>, gate: &dyn Gate) -> Vec<SagaEvent> {
+        let mut d = Decision::gated(self, now, gate);
         if self.status.is_terminal() {
             return d.events;
         }
@@ -725,7 +817,7 @@ impl SagaState {
                     d.compensation_gave_up(index, attempt, &reason);
                 }
             }
-        } else if let Some(retry) = self.retry.clone().filter(|r| r.at <= now) {
+        } else if let Some(retry) = self.retry.clone().filter(|r| r.held || r.at <= now) {
             d.send(retry.step, retry.phase, retry.attempt);
         }
         d.events
@@ -750,7 +842,13 @@ mod tests {
     }
 
     fn definition(steps: Vec<StepDefinition>) -> SagaDefinition {
-        SagaDefinition { stuck_after_ms: None, name: "test".into(), version: 1, steps }
+        SagaDefinition {
+            stuck_after_ms: None,
+            on_open_circuit: Default::default(),
+            name: "test".into(),
+            version: 1,
+            steps,
+        }
     }
 
     fn t0() -> DateTime<Utc> {
@@ -816,6 +914,7 @@ mod tests {
             SagaEvent::StepFailed { .. } => "StepFailed",
             SagaEvent::StepTimedOut { .. } => "StepTimedOut",
             SagaEvent::StepRetryScheduled { .. } => "StepRetryScheduled",
+            SagaEvent::StepHeld { .. } => "StepHeld",
             SagaEvent::CompensationStarted { .. } => "CompensationStarted",
             SagaEvent::CompensationSent { .. } => "CompensationSent",
             SagaEvent::StepCompensated { .. } => "StepCompensated",
@@ -828,6 +927,57 @@ mod tests {
             SagaEvent::OperatorResolved { .. } => "OperatorResolved",
             SagaEvent::OperatorAborted { .. } => "OperatorAborted",
         }
+    }
+
+    /// A gate whose circuits are all open (until a minute in) while `shut` holds.
+    struct Circuits {
+        shut: std::cell::Cell<bool>,
+    }
+
+    impl Gate for Circuits {
+        fn open_until(&self, _: &str, _: Uuid, _: std::time::Duration, _: DateTime<Utc>) -> Option<DateTime<Utc>> {
+            self.shut.get().then(|| secs(60))
+        }
+    }
+
+    fn succeed_through(saga: &mut Saga, gate: &Circuits, at: i64) -> Vec<&'static str> {
+        let in_reply_to = saga.pending_id();
+        let reply = ReplyOutcome { reply_id: format!("{in_reply_to}/reply"), in_reply_to, result: Ok(json!({})) };
+        let events = saga.state.on_reply_gated(&reply, secs(at), gate);
+        saga.record(events)
+    }
+
+    #[test]
+    fn an_open_circuit_holds_the_attempt_unspent_until_the_saga_is_woken_with_it_closed() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 2), step("b", Some("UndoB"), 2)]);
+        let gate = Circuits { shut: std::cell::Cell::new(true) };
+        assert_eq!(succeed_through(&mut saga, &gate, 1), ["StepSucceeded", "StepHeld"]);
+        assert!(saga.state.awaiting.is_none(), "no attempt is out, so no timeout runs");
+        assert_eq!(saga.state.next_wakeup(), Some(secs(60)));
+        // Woken while the circuit is still open: it waits again, on the same attempt.
+        let events = saga.state.on_timer_gated(secs(2), &gate);
+        assert_eq!(saga.record(events), ["StepHeld"]);
+        gate.shut.set(false);
+        let events = saga.state.on_timer_gated(secs(3), &gate);
+        assert_eq!(saga.record(events), ["StepCommandSent"]);
+        assert_eq!(saga.state.awaiting.as_ref().map(|a| a.attempt), Some(1), "holding spent no attempt");
+        assert_eq!(saga.ok(json!({})), ["StepSucceeded", "SagaCompleted"]);
+    }
+
+    #[test]
+    fn a_definition_may_fail_fast_on_an_open_circuit_while_compensations_still_wait() {
+        let mut def = definition(vec![step("a", Some("UndoA"), 2), step("b", Some("UndoB"), 2)]);
+        def.on_open_circuit = OnOpenCircuit::Fail;
+        let mut saga = Saga { state: SagaState::default(), log: vec![] };
+        saga.record(start(Uuid::nil(), def, json!({}), t0()));
+        let gate = Circuits { shut: std::cell::Cell::new(true) };
+        let events = succeed_through(&mut saga, &gate, 1);
+        assert_eq!(events, ["StepSucceeded", "StepFailed", "CompensationStarted", "StepHeld"]);
+        assert_eq!(saga.state.status, SagaStatus::Compensating);
+        gate.shut.set(false);
+        let events = saga.state.on_timer_gated(secs(61), &gate);
+        assert_eq!(saga.record(events), ["CompensationSent"]);
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
     }
 
     fn by() -> crate::operator_actions::Actor {

@@ -184,7 +184,7 @@ fn apply(rows: &mut HashMap<Uuid, SagaRow>, saga_id: Uuid, event: &RecordedEvent
     // What the saga waits for now: an attempt's deadline or a retry's time, else nothing.
     row.waiting_until = match saga_event {
         SagaEvent::StepCommandSent { deadline, .. } | SagaEvent::CompensationSent { deadline, .. } => Some(*deadline),
-        SagaEvent::StepRetryScheduled { at, .. } => Some(*at),
+        SagaEvent::StepRetryScheduled { at, .. } | SagaEvent::StepHeld { until: at, .. } => Some(*at),
         SagaEvent::ReplyIgnored { .. } => row.waiting_until,
         _ => None,
     };
@@ -197,6 +197,7 @@ fn apply(rows: &mut HashMap<Uuid, SagaRow>, saga_id: Uuid, event: &RecordedEvent
         | SagaEvent::StepFailed { step, .. }
         | SagaEvent::StepTimedOut { step, .. }
         | SagaEvent::StepRetryScheduled { step, .. }
+        | SagaEvent::StepHeld { step, .. }
         | SagaEvent::CompensationSent { step, .. }
         | SagaEvent::StepCompensated { step, .. }
         | SagaEvent::CompensationFailed { step, .. }
@@ -253,6 +254,7 @@ mod tests {
         };
         SagaDefinition {
             stuck_after_ms: Some(60_000),
+            on_open_circuit: Default::default(),
             name: "demo".into(),
             version: 3,
             steps: vec![step("a", Some("Undo")), step("b", None)],

@@ -23,6 +23,7 @@ fn step(name: &str, participant: &str, command: &str, compensation: Option<&str>
 pub fn order_fulfilment() -> SagaDefinition {
     SagaDefinition {
         stuck_after_ms: None,
+        on_open_circuit: Default::default(),
         name: ORDER_FULFILMENT.into(),
         version: 0,
         steps: vec![

@@ -5,6 +5,7 @@
 //! `scripts/services.sh` starts both and prints them.
 
 pub mod contract;
+pub mod external;
 pub mod http;
 pub mod process;
 pub mod shop;

@@ -74,6 +74,8 @@ pub struct EngineSpec {
     pub http_port: u16,
     pub log_dir: PathBuf,
     pub name: String,
+    /// More environment variables for the process.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `sagaflow serve` process.
@@ -111,7 +113,8 @@ impl EngineProcess {
                 "RUST_LOG",
                 std::env::var("SAGAFLOW_TEST_LOG").unwrap_or_else(|_| "info,sqlx=warn,rdkafka=warn".into()),
             )
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(self.spec.env.iter().map(|(k, v)| (k, v)));
         let child = spawn_logged(&mut command, &self.log_path(), "the sagaflow binary");
         self.child = Some(child);
     }

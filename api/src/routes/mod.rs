@@ -6,6 +6,7 @@ pub mod definitions;
 pub mod health;
 pub mod inventory;
 pub mod orders;
+pub mod participants;
 pub mod saga_actions;
 pub mod sagas;
 pub mod streams;
