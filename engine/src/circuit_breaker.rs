@@ -232,6 +232,9 @@ impl CircuitBreakers {
 
     fn with_circuit<T>(&self, participant: &str, now: DateTime<Utc>, f: impl FnOnce(&mut Circuit) -> T) -> T {
         let mut circuits = self.circuits.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(circuit) = circuits.get_mut(participant) {
+            return f(circuit);
+        }
         let circuit = circuits
             .entry(participant.to_owned())
             .or_insert_with(|| Circuit::new(self.overrides.get(participant).unwrap_or(&self.defaults).clone(), now));
