@@ -1,7 +1,7 @@
 //! A participant outside Sagaflow stops answering and later recovers. Its circuit opens on
 //! the timeouts; while it is open, sagas hold their commands (spending no attempts) or, when
-//! their definition says so, fail fast and compensate; after recovery a probe closes the
-//! circuit and every held saga finishes.
+//! their definition says so, fail fast and compensate; a probe during the outage fails and
+//! opens it again; after recovery the next probe closes it and wakes every held saga.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use sagaflow_tests::external::{self, success};
-use sagaflow_tests::process::{database_url_of, free_port, EngineProcess, EngineSpec};
+use sagaflow_tests::process::{database_url_of, EngineProcess, EngineSpec};
 use sagaflow_tests::{eventually, kafka_bootstrap, unique_prefix, MIGRATOR};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -59,16 +59,9 @@ fn count(history: &[String], kind: &str) -> usize {
 async fn an_open_circuit_spends_no_attempts_and_every_saga_finishes_after_recovery(pool: PgPool) {
     let prefix = unique_prefix();
     let logs = tempfile::tempdir().unwrap();
-    let mut engine = EngineProcess::start(EngineSpec {
-        database_url: database_url_of(&pool).await,
-        kafka: kafka_bootstrap(),
-        topic_prefix: prefix.clone(),
-        roles: "api,coordinator,participants".into(),
-        http_port: free_port(),
-        log_dir: logs.path().to_owned(),
-        name: "breaker".into(),
-        env: vec![("SAGAFLOW_CIRCUIT_BREAKER".into(), "flaky:min_calls=3,failure_rate=0.5,cool_down=3s".into())],
-    });
+    let mut spec = EngineSpec::new(database_url_of(&pool).await, kafka_bootstrap(), &prefix, logs.path(), "breaker");
+    spec.env.push(("SAGAFLOW_CIRCUIT_BREAKER".into(), "flaky:min_calls=3,failure_rate=0.5,cool_down=6s".into()));
+    let mut engine = EngineProcess::start(spec);
     engine.ready(Duration::from_secs(60)).await;
     let api = Api { base: engine.base.clone(), http: reqwest::Client::new() };
     let step = json!({ "name": "call", "participant": "flaky", "command": "Call", "compensation": "Undo",
@@ -106,24 +99,34 @@ async fn an_open_circuit_spends_no_attempts_and_every_saga_finishes_after_recove
         let history = api.history(saga).await;
         assert_eq!((count(&history, "StepHeld"), count(&history, "StepCommandSent")), (1, 0), "{saga}: {history:?}");
     }
-    // The cool-down passes with the participant still down: a probe goes out and fails.
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    // The cool-down (6 s) passes with the participant still down: a probe goes out, times out
+    // (2 s) and opens the circuit again for 6 s. The participant recovers meanwhile.
+    tokio::time::sleep(Duration::from_millis(9_500)).await;
     answering.store(true, Ordering::SeqCst);
 
-    let everyone: Vec<&String> = early.iter().chain(&held).collect();
-    for saga in &everyone {
+    // The next probe closes the circuit and wakes the held sagas at once: the ones that asked
+    // while it was out were told to wait until its deadline, 6 s on.
+    eventually("the circuit to close", Duration::from_secs(30), || async {
+        (api.circuit().await == "closed").then_some(())
+    })
+    .await;
+    for saga in &held {
+        let (_, view) = api.call(Method::GET, &format!("/sagas/{saga}?wait=4"), None).await;
+        assert_eq!(view["status"], "COMPLETED", "{saga} is woken when the circuit closes: {view}");
+    }
+    for saga in &early {
         let (_, view) = api.call(Method::GET, &format!("/sagas/{saga}?wait=30"), None).await;
         assert_eq!(view["status"], "COMPLETED", "{saga} finishes after recovery: {view}");
     }
-    assert_eq!(api.circuit().await, "closed");
-    let timed_out: usize = futures::future::join_all(held.iter().map(|s| api.history(s)))
-        .await
-        .iter()
-        .map(|h| count(h, "StepTimedOut"))
-        .sum();
+    let histories = futures::future::join_all(held.iter().map(|s| api.history(s))).await;
+    let timed_out: usize = histories.iter().map(|h| count(h, "StepTimedOut")).sum();
     let probes = unanswered.lock().unwrap().iter().filter(|s| held.contains(s)).count();
     assert!(probes <= 2, "only probes reached the participant from sagas started while open: {probes}");
     assert_eq!(timed_out, probes, "the held sagas spent attempts only on probes");
+    for history in &histories {
+        // Waiting on writes no event: one hold, and one more after a failed probe's retry.
+        assert!(count(history, "StepHeld") <= 1 + count(history, "StepTimedOut"), "{history:?}");
+    }
     for saga in &early {
         let history = api.history(saga).await;
         assert!(count(&history, "StepTimedOut") < 3, "{saga} kept attempts left: {history:?}");

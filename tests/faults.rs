@@ -22,16 +22,7 @@ fn log_dir(test: &str) -> PathBuf {
 }
 
 fn spec(database_url: String, kafka: String, prefix: &str, name: &str, logs: &Path) -> EngineSpec {
-    EngineSpec {
-        database_url,
-        kafka,
-        topic_prefix: prefix.to_owned(),
-        roles: "api,coordinator,participants".into(),
-        http_port: free_port(),
-        log_dir: logs.to_owned(),
-        name: name.to_owned(),
-        env: Vec::new(),
-    }
+    EngineSpec::new(database_url, kafka, prefix, logs, name)
 }
 
 /// Starts one engine with every role, and a shop of `(skus, stock each, customers, credit

@@ -13,7 +13,7 @@ use axum::Router;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use sagaflow_tests::external::{self, success};
-use sagaflow_tests::process::{database_url_of, free_port, EngineProcess, EngineSpec};
+use sagaflow_tests::process::{database_url_of, EngineProcess, EngineSpec};
 use sagaflow_tests::{eventually, kafka_bootstrap, unique_prefix, MIGRATOR};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -95,16 +95,10 @@ async fn an_order_and_a_saga_through_an_external_participant_are_each_one_trace(
     let (endpoint, spans) = otlp_receiver().await;
     let prefix = unique_prefix();
     let logs = tempfile::tempdir().unwrap();
-    let mut engine = EngineProcess::start(EngineSpec {
-        database_url: database_url_of(&pool).await,
-        kafka: kafka_bootstrap(),
-        topic_prefix: prefix.clone(),
-        roles: "api,coordinator,participants".into(),
-        http_port: free_port(),
-        log_dir: logs.path().to_owned(),
-        name: "traced".into(),
-        env: vec![("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint), ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into())],
-    });
+    let mut spec = EngineSpec::new(database_url_of(&pool).await, kafka_bootstrap(), &prefix, logs.path(), "traced");
+    spec.env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint));
+    spec.env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    let mut engine = EngineProcess::start(spec);
     engine.ready(Duration::from_secs(60)).await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(40)).build().unwrap();
     let call = |method: reqwest::Method, path: &str, body: Value, traceparent: Option<&str>| {

@@ -89,8 +89,21 @@ impl BreakerSetting {
         if base.min_calls == 0 || base.window.is_zero() || base.cool_down.is_zero() {
             return Err("min_calls, window and cool_down must be above zero".into());
         }
+        if base.window > MAX_SPAN || base.cool_down > MAX_SPAN {
+            return Err("window and cool_down must be at most 1 day".into());
+        }
         Ok(base)
     }
+}
+
+/// The longest window or cool-down.
+const MAX_SPAN: Duration = Duration::from_secs(24 * 3600);
+/// How much longer than its answer may take a probe is given before another may go.
+const PROBE_MARGIN: Duration = Duration::from_secs(1);
+
+/// `span` after `at`, or the end of time.
+fn later(at: DateTime<Utc>, span: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(span).ok().and_then(|d| at.checked_add_signed(d)).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Where a participant's circuit is.
@@ -193,10 +206,6 @@ impl Circuit {
         }
     }
 
-    fn cool_down(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.policy.cool_down).unwrap_or(chrono::Duration::MAX)
-    }
-
     fn hold(&mut self, saga_id: Uuid) {
         if self.held.len() < MAX_HELD {
             self.held.insert(saga_id);
@@ -241,45 +250,13 @@ impl CircuitBreakers {
         f(circuit)
     }
 
-    /// Whether saga `saga_id` may send a command to `participant` now (`None`), or must wait
-    /// until the returned time. `patience` is how long the command's answer may take: a
-    /// probe is given that long before another may go.
-    pub fn admit(
-        &self,
-        participant: &str,
-        saga_id: Uuid,
-        patience: Duration,
-        now: DateTime<Utc>,
-    ) -> Option<DateTime<Utc>> {
-        self.with_circuit(participant, now, |circuit| {
-            let probe_for = |c: &Circuit| {
-                now + c.cool_down().max(chrono::Duration::from_std(patience).unwrap_or(chrono::Duration::MAX))
-            };
-            match circuit.state {
-                State::Closed => None,
-                State::HalfOpen { probe, .. } if probe == saga_id => None,
-                State::Open { until } | State::HalfOpen { until, .. } if until <= now => {
-                    let until = probe_for(circuit);
-                    circuit.held.remove(&saga_id);
-                    circuit.set(participant, State::HalfOpen { probe: saga_id, until }, now);
-                    None
-                }
-                State::Open { until } | State::HalfOpen { until, .. } => {
-                    circuit.hold(saga_id);
-                    Some(until)
-                }
-            }
-        })
-    }
-
-    /// Records an outcome of a command to `participant`; returns the sagas to wake when it
-    /// closed the circuit.
-    pub fn record(&self, participant: &str, failed: bool, now: DateTime<Utc>) -> Vec<Uuid> {
+    /// Records the outcome of saga `saga_id`'s command to `participant`; returns the sagas to
+    /// wake when it closed the circuit. While half-open, only the probe's outcome counts.
+    pub fn record(&self, participant: &str, saga_id: Uuid, failed: bool, now: DateTime<Utc>) -> Vec<Uuid> {
         self.with_circuit(participant, now, |circuit| match circuit.state {
             State::Closed => {
-                let window = chrono::Duration::from_std(circuit.policy.window).unwrap_or(chrono::Duration::MAX);
                 circuit.outcomes.push_back((now, failed));
-                while circuit.outcomes.front().is_some_and(|(at, _)| *at + window < now) {
+                while circuit.outcomes.front().is_some_and(|(at, _)| later(*at, circuit.policy.window) < now) {
                     circuit.outcomes.pop_front();
                 }
                 let calls = circuit.outcomes.len();
@@ -287,13 +264,15 @@ impl CircuitBreakers {
                 #[allow(clippy::cast_precision_loss)] // counts far below 2^52
                 let rate = failures as f64 / calls as f64;
                 if calls >= circuit.policy.min_calls as usize && rate >= circuit.policy.failure_rate {
-                    let until = now + circuit.cool_down();
+                    let until = later(now, circuit.policy.cool_down);
                     circuit.set(participant, State::Open { until }, now);
                 }
                 Vec::new()
             }
+            // Outcomes of commands sent before the probe.
+            State::HalfOpen { probe, .. } if probe != saga_id => Vec::new(),
             State::HalfOpen { .. } if failed => {
-                let until = now + circuit.cool_down();
+                let until = later(now, circuit.policy.cool_down);
                 circuit.set(participant, State::Open { until }, now);
                 Vec::new()
             }
@@ -337,6 +316,9 @@ impl CircuitBreakers {
 }
 
 impl Gate for CircuitBreakers {
+    /// A closed circuit admits; an open one whose cool-down is over admits this saga as its
+    /// probe (half-open), as does a half-open one whose probe went unanswered for longer than
+    /// its patience; otherwise the saga must wait until the returned time.
     fn open_until(
         &self,
         participant: &str,
@@ -344,7 +326,27 @@ impl Gate for CircuitBreakers {
         patience: Duration,
         now: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        self.admit(participant, saga_id, patience, now)
+        self.with_circuit(participant, now, |circuit| {
+            let probe_for = |c: &Circuit| later(now, c.policy.cool_down.max(patience.saturating_add(PROBE_MARGIN)));
+            match circuit.state {
+                State::Closed => None,
+                State::HalfOpen { probe, .. } if probe == saga_id => None,
+                State::Open { until } | State::HalfOpen { until, .. } if until <= now => {
+                    let until = probe_for(circuit);
+                    circuit.held.remove(&saga_id);
+                    circuit.set(participant, State::HalfOpen { probe: saga_id, until }, now);
+                    None
+                }
+                State::Open { until } | State::HalfOpen { until, .. } => Some(until),
+            }
+        })
+    }
+
+    fn holding(&self, participant: &str, saga_id: Uuid) {
+        let mut circuits = self.circuits.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(circuit) = circuits.get_mut(participant) {
+            circuit.hold(saga_id);
+        }
     }
 }
 
@@ -363,57 +365,69 @@ mod tests {
     const PATIENCE: Duration = Duration::from_millis(500);
 
     #[test]
-    fn failures_past_the_rate_open_the_circuit_and_a_probe_closes_it() {
+    fn failures_past_the_rate_open_the_circuit_and_only_the_probe_closes_it() {
         let b = breakers("p:failure_rate=0.5,min_calls=4,window=10s,cool_down=2s");
-        let (a, s) = (Uuid::now_v7(), Uuid::now_v7());
+        let (a, s, x) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         for (i, failed) in [false, true, false].into_iter().enumerate() {
-            assert!(b.record("p", failed, at(i as i64)).is_empty());
+            assert!(b.record("p", x, failed, at(i as i64)).is_empty());
         }
-        assert_eq!(b.admit("p", a, PATIENCE, at(3)), None, "3 calls are below min_calls");
-        b.record("p", true, at(4));
+        assert_eq!(b.open_until("p", a, PATIENCE, at(3)), None, "3 calls are below min_calls");
+        b.record("p", x, true, at(4));
         assert_eq!(b.circuits()[0].state, CircuitState::Open);
-        assert_eq!(b.admit("p", a, PATIENCE, at(5)), Some(at(2_004)), "held until the cool-down ends");
-        assert_eq!(b.admit("p", s, PATIENCE, at(6)), Some(at(2_004)));
-        // The cool-down is over: the first saga to ask is the probe, the next one waits.
-        assert_eq!(b.admit("p", s, PATIENCE, at(2_004)), None);
+        assert_eq!(b.open_until("p", a, PATIENCE, at(5)), Some(at(2_004)), "held until the cool-down ends");
+        b.holding("p", a);
+        assert_eq!(b.open_until("p", s, PATIENCE, at(6)), Some(at(2_004)));
+        b.holding("p", s);
+        // The cool-down is over: the first saga to ask is the probe, the next one waits for
+        // as long as the probe's answer may take (its patience and a margin, or the cool-down).
+        assert_eq!(b.open_until("p", s, PATIENCE, at(2_004)), None);
         assert_eq!(b.circuits()[0].state, CircuitState::HalfOpen);
-        assert_eq!(b.admit("p", a, PATIENCE, at(2_005)), Some(at(4_004)));
-        assert_eq!(b.admit("p", s, PATIENCE, at(2_006)), None, "the probe's own retry goes");
-        assert_eq!(b.record("p", false, at(2_100)), vec![a], "closing wakes the held sagas");
+        assert_eq!(b.open_until("p", a, PATIENCE, at(2_005)), Some(at(4_004)));
+        assert_eq!(b.open_until("p", s, PATIENCE, at(2_006)), None, "the probe's own retry goes");
+        assert!(b.record("p", a, true, at(2_050)).is_empty(), "a command from before the probe decides nothing");
+        assert_eq!(b.circuits()[0].state, CircuitState::HalfOpen);
+        assert_eq!(b.record("p", s, false, at(2_100)), vec![a], "closing wakes the held sagas, not the probe");
         assert_eq!(b.circuits()[0].state, CircuitState::Closed);
-        assert_eq!(b.admit("p", a, PATIENCE, at(2_101)), None);
+        assert_eq!(b.open_until("p", a, PATIENCE, at(2_101)), None);
     }
 
     #[test]
     fn a_failed_probe_reopens_and_a_lost_one_gives_way() {
         let b = breakers("min_calls=1,cool_down=1s");
-        let (a, s) = (Uuid::now_v7(), Uuid::now_v7());
-        b.record("p", true, at(0));
-        assert_eq!(b.admit("p", a, PATIENCE, at(1_000)), None, "probe");
-        b.record("p", true, at(1_100));
+        let (a, s, x) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        b.record("p", x, true, at(0));
+        assert_eq!(b.open_until("p", a, PATIENCE, at(1_000)), None, "probe");
+        b.record("p", a, true, at(1_100));
         assert_eq!(b.circuits()[0].state, CircuitState::Open);
-        assert_eq!(b.admit("p", a, PATIENCE, at(1_200)), Some(at(2_100)));
-        assert_eq!(b.admit("p", a, Duration::from_secs(5), at(2_100)), None, "second probe");
-        assert_eq!(b.admit("p", s, PATIENCE, at(3_000)), Some(at(7_100)), "a probe waits its answer's patience");
-        assert_eq!(b.admit("p", s, PATIENCE, at(7_100)), None, "a probe never answered gives way");
+        assert_eq!(b.open_until("p", a, PATIENCE, at(1_200)), Some(at(2_100)));
+        assert_eq!(b.open_until("p", a, Duration::from_secs(5), at(2_100)), None, "second probe");
+        assert_eq!(
+            b.open_until("p", s, PATIENCE, at(3_000)),
+            Some(at(8_100)),
+            "a probe gets its patience and a margin"
+        );
+        assert_eq!(b.open_until("p", s, PATIENCE, at(8_100)), None, "a probe never answered gives way");
+        assert!(b.record("p", a, false, at(8_200)).is_empty(), "the lost probe's late answer decides nothing");
+        assert_eq!(b.circuits()[0].state, CircuitState::HalfOpen);
         // Outcomes of commands sent before it opened change nothing while open.
         let c = breakers("min_calls=1,cool_down=1s");
-        c.record("p", true, at(0));
-        assert!(c.record("p", false, at(1)).is_empty());
+        c.record("p", x, true, at(0));
+        assert!(c.record("p", x, false, at(1)).is_empty());
         assert_eq!(c.circuits()[0].state, CircuitState::Open);
     }
 
     #[test]
     fn old_outcomes_leave_the_window_and_successes_keep_it_closed() {
         let b = breakers("min_calls=3,window=1s,failure_rate=0.6");
-        b.record("p", true, at(0));
-        b.record("p", true, at(600));
-        b.record("p", false, at(1_200)); // the first one is out of the window: 1 of 2 failed
-        b.record("p", false, at(1_300)); // 1 of 3
+        let x = Uuid::now_v7();
+        b.record("p", x, true, at(0));
+        b.record("p", x, true, at(600));
+        b.record("p", x, false, at(1_200)); // the first one is out of the window: 1 of 2 failed
+        b.record("p", x, false, at(1_300)); // 1 of 3
         assert_eq!(b.circuits()[0].state, CircuitState::Closed);
-        b.record("p", true, at(1_400)); // 2 of 4
+        b.record("p", x, true, at(1_400)); // 2 of 4
         assert_eq!(b.circuits()[0].state, CircuitState::Closed);
-        b.record("p", true, at(1_500)); // 3 of 5 = 0.6
+        b.record("p", x, true, at(1_500)); // 3 of 5 = 0.6
         assert_eq!(b.circuits()[0].state, CircuitState::Open);
     }
 
@@ -424,15 +438,17 @@ mod tests {
             "payments:window=1m".parse().unwrap(),
         ])
         .unwrap();
-        b.record("payments", false, at(0));
-        b.record("inventory", false, at(0));
+        b.record("payments", Uuid::nil(), false, at(0));
+        b.record("inventory", Uuid::nil(), false, at(0));
         let circuits = b.circuits();
         assert_eq!(
             (circuits[0].participant.as_str(), circuits[0].min_calls, circuits[0].cool_down_ms),
             ("inventory", 10, 5_000)
         );
         assert_eq!((circuits[1].window_ms, circuits[1].cool_down_ms), (60_000, 5_000));
-        for bad in ["failure_rate=0", "failure_rate=2", "min_calls=0", "window=soon", "colour=red", "p:cool_down"] {
+        for bad in
+            ["failure_rate=0", "failure_rate=2", "min_calls=0", "window=soon", "window=2d", "colour=red", "p:cool_down"]
+        {
             assert!(bad.parse::<BreakerSetting>().is_err(), "{bad}");
         }
         assert_eq!("p:cool_down=250ms".parse::<BreakerSetting>().unwrap().participant.as_deref(), Some("p"));

@@ -298,10 +298,12 @@ impl Coordinator {
                 Err(err) => return Err(err),
             };
             let events = view.state.on_timer_gated(now, self.breakers.as_ref());
-            if events.is_empty() {
-                // The timer is stale (the saga moved on): align it with the saga, unless the
-                // saga changed meanwhile (then its own commit set the right timer).
-                let change = match view.state.next_wakeup() {
+            let held_again = held_again(&view.state, &events);
+            if events.is_empty() || held_again.is_some() {
+                // The timer is stale (the saga moved on), or a held attempt waits on: align the
+                // timer with the saga, unless the saga changed meanwhile (then its own commit
+                // set the right timer). Waiting on is no progress, so it writes no event.
+                let change = match held_again.or_else(|| view.state.next_wakeup()) {
                     Some(due_at) => TimerChange::Set { key: key.to_owned(), due_at },
                     None => TimerChange::Cancel { key: key.to_owned() },
                 };
@@ -351,17 +353,7 @@ impl Coordinator {
         extra: Commit,
     ) -> Result<SagaView> {
         let span = tracing::info_span!("saga operator action", saga_id = %saga_id, actor = %actor.name);
-        self.act_on(saga_id, action, actor, expected_version, extra).instrument(span).await
-    }
-
-    async fn act_on(
-        &self,
-        saga_id: Uuid,
-        action: &OperatorAction,
-        actor: &Actor,
-        expected_version: Option<u64>,
-        extra: Commit,
-    ) -> Result<SagaView> {
+        async move {
         for _ in 0..MAX_CONFLICT_RETRIES {
             // Read from the store, not this process's cache: another process may have moved
             // the saga on, and a refusal, unlike a decision, is never checked at commit.
@@ -375,7 +367,7 @@ impl Coordinator {
                 }
                 .into());
             }
-            let events = view.state.on_operator(action, actor, Utc::now())?;
+            let events = view.state.on_operator_gated(action, actor, Utc::now(), self.breakers.as_ref())?;
             let (commit, after) =
                 self.decision_commit(saga_id, &view.state, view.version, &events, None, extra.clone())?;
             match self.store.commit(commit).await {
@@ -397,6 +389,9 @@ impl Coordinator {
             }
         }
         Err(Error::Contention { stream: saga_stream(saga_id), attempts: MAX_CONFLICT_RETRIES })
+        }
+        .instrument(span)
+        .await
     }
 
     /// Tells the circuit breakers what a committed decision learnt of its participants: an
@@ -425,7 +420,8 @@ impl Coordinator {
             let Some(def) = before.definition.as_ref().and_then(|d| d.steps.iter().find(|s| &s.name == step)) else {
                 continue;
             };
-            woken.extend(self.breakers.record(&def.participant, failed, now));
+            let saga_id = before.saga_id.unwrap_or_default();
+            woken.extend(self.breakers.record(&def.participant, saga_id, failed, now));
         }
         if woken.is_empty() {
             return;
@@ -513,6 +509,15 @@ impl Coordinator {
         let version = version + stored_count;
         Ok((commit, SagaView { state: working, version, trace }))
     }
+}
+
+/// When a woken saga's decision is only to hold the attempt it already holds (its circuit
+/// is still open), the time it waits until.
+fn held_again(state: &SagaState, events: &[SagaEvent]) -> Option<DateTime<Utc>> {
+    let [SagaEvent::StepHeld { step, attempt, phase, until, .. }] = events else { return None };
+    let held = state.retry.as_ref().filter(|r| r.held)?;
+    let same_step = state.step_def(held.step).is_some_and(|d| &d.name == step);
+    (same_step && held.attempt == *attempt && held.phase == *phase).then_some(*until)
 }
 
 /// Logs a decision and counts its outcomes.

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::saga::{Decision, Phase, Resolution, SagaEvent, SagaState, SagaStatus, StepStatus};
+use crate::saga::{Decision, Gate, NoGate, Phase, Resolution, SagaEvent, SagaState, SagaStatus, StepStatus};
 
 /// An operator's action on one saga.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,10 +67,21 @@ impl SagaState {
         actor: &Actor,
         now: DateTime<Utc>,
     ) -> Result<Vec<SagaEvent>, ActionRefused> {
+        self.on_operator_gated(action, actor, now, &NoGate)
+    }
+
+    /// [`Self::on_operator`], with the commands it sends through `gate`.
+    pub fn on_operator_gated(
+        &self,
+        action: &OperatorAction,
+        actor: &Actor,
+        now: DateTime<Utc>,
+        gate: &dyn Gate,
+    ) -> Result<Vec<SagaEvent>, ActionRefused> {
         if actor.reason.trim().is_empty() {
             return Err(ActionRefused::Invalid("a reason is required".into()));
         }
-        let mut d = Decision::new(self, now);
+        let mut d = Decision::gated(self, now, gate);
         match action {
             OperatorAction::Retry => self.retry_by(&mut d, actor)?,
             OperatorAction::Resolve { step, outcome, output } => {

@@ -538,6 +538,9 @@ pub trait Gate {
         patience: std::time::Duration,
         now: DateTime<Utc>,
     ) -> Option<DateTime<Utc>>;
+
+    /// Saga `saga_id` waits for `participant`'s circuit: wake it when the circuit closes.
+    fn holding(&self, _participant: &str, _saga_id: Uuid) {}
 }
 
 /// A gate that is never closed: every command goes.
@@ -558,10 +561,6 @@ pub(crate) struct Decision<'g> {
 }
 
 impl<'g> Decision<'g> {
-    pub(crate) fn new(state: &SagaState, now: DateTime<Utc>) -> Self {
-        Self::gated(state, now, &NoGate)
-    }
-
     pub(crate) fn gated(state: &SagaState, now: DateTime<Utc>, gate: &'g dyn Gate) -> Self {
         Self { state: state.clone(), events: Vec::new(), now, gate }
     }
@@ -583,8 +582,10 @@ impl<'g> Decision<'g> {
         let step = def.name.clone();
         if let Some(until) = self.gate.open_until(&def.participant, saga_id, def.timeout(), self.now) {
             let participant = def.participant.clone();
+            // Past the pivot nothing is undone: a step there fails only for an operator, so it waits.
             let fail_fast = phase == Phase::Forward
-                && self.state.definition.as_ref().is_some_and(|d| d.on_open_circuit == OnOpenCircuit::Fail);
+                && self.state.definition.as_ref().is_some_and(|d| d.on_open_circuit == OnOpenCircuit::Fail)
+                && self.state.pivot().is_none_or(|pivot| index <= pivot);
             if fail_fast {
                 let reason = format!("participant '{participant}' is unavailable (its circuit is open)");
                 self.emit(SagaEvent::StepFailed {
@@ -595,6 +596,7 @@ impl<'g> Decision<'g> {
                 });
                 self.begin_compensation(index, format!("step '{step}' failed: {reason}"));
             } else {
+                self.gate.holding(&participant, saga_id);
                 self.emit(SagaEvent::StepHeld { step, phase, attempt, participant, until });
             }
             return;
@@ -978,6 +980,19 @@ mod tests {
         let events = saga.state.on_timer_gated(secs(61), &gate);
         assert_eq!(saga.record(events), ["CompensationSent"]);
         assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
+    }
+
+    #[test]
+    fn past_the_pivot_a_fail_fast_definition_still_holds() {
+        let mut def = definition(vec![step("a", Some("UndoA"), 2), step("pivot", None, 2), step("after", None, 2)]);
+        def.on_open_circuit = OnOpenCircuit::Fail;
+        let mut saga = Saga { state: SagaState::default(), log: vec![] };
+        saga.record(start(Uuid::nil(), def, json!({}), t0()));
+        saga.ok(json!({}));
+        let gate = Circuits { shut: std::cell::Cell::new(true) };
+        // Nothing after the pivot is undone: failing there would leave the saga to an operator.
+        assert_eq!(succeed_through(&mut saga, &gate, 1), ["StepSucceeded", "StepHeld"]);
+        assert_eq!(saga.state.status, SagaStatus::Running);
     }
 
     fn by() -> crate::operator_actions::Actor {

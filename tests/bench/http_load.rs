@@ -33,6 +33,11 @@ pub struct Engine {
 
 impl Engine {
     pub async fn start(binary: &Path, backend: &Backend, log: &Path) -> Self {
+        Self::start_with(binary, backend, log, &[]).await
+    }
+
+    /// [`Self::start`] with more environment variables.
+    pub async fn start_with(binary: &Path, backend: &Backend, log: &Path, env: &[(&str, String)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut command = Command::new(binary);
         command
@@ -42,7 +47,8 @@ impl Engine {
             .env("SAGAFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("SAGAFLOW_TOPIC_PREFIX", format!("bench{}", uuid::Uuid::now_v7().simple()))
             .env("RUST_LOG", std::env::var("BENCH_ENGINE_LOG").unwrap_or_else(|_| "warn".into()))
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)));
         match backend {
             Backend::Embedded { data_dir } => {
                 command.env("SAGAFLOW_DATA_DIR", data_dir);

@@ -78,6 +78,22 @@ pub struct EngineSpec {
     pub env: Vec<(String, String)>,
 }
 
+impl EngineSpec {
+    /// Every role, on a free port, with no extra environment.
+    pub fn new(database_url: String, kafka: String, topic_prefix: &str, log_dir: &Path, name: &str) -> Self {
+        Self {
+            database_url,
+            kafka,
+            topic_prefix: topic_prefix.to_owned(),
+            roles: "api,coordinator,participants".into(),
+            http_port: free_port(),
+            log_dir: log_dir.to_owned(),
+            name: name.to_owned(),
+            env: Vec::new(),
+        }
+    }
+}
+
 /// A running `sagaflow serve` process.
 pub struct EngineProcess {
     spec: EngineSpec,
