@@ -34,14 +34,7 @@ fn hs256(claims: &Value) -> String {
 }
 
 async fn call(s: &TestServer, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-    let mut request = s.client.request(method, format!("{}{path}", s.base));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
+    let response = s.send_as(method, path, token, body).await;
     let status = response.status().as_u16();
     if status == 401 {
         assert_eq!(response.headers()["www-authenticate"], "Bearer");

@@ -1,77 +1,27 @@
 //! A participant outside Sagaflow joins a saga registered over HTTP. It is a plain Kafka
-//! client written from `docs/wire-protocol.md` alone: raw rdkafka and JSON, no Sagaflow types.
+//! client written from `docs/wire-protocol.md` alone (`tests/support/external.rs`): raw
+//! rdkafka and JSON, no Sagaflow types.
 
-use std::time::Duration;
-
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::Method;
+use sagaflow_tests::external::{self, success, Answer, Received};
 use sagaflow_tests::http::TestServer;
-use sagaflow_tests::{kafka_bootstrap, MIGRATOR};
+use sagaflow_tests::MIGRATOR;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// Serves `ScheduleShipment`: ships anywhere but "nowhere".
-async fn shipping_participant(prefix: String, stop: CancellationToken) {
-    let commands = format!("{prefix}.commands.shipping");
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .set("group.id", format!("{prefix}.external-shipping"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&commands]).unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()
-        .unwrap();
-    loop {
-        let message = tokio::select! {
-            () = stop.cancelled() => return,
-            m = consumer.recv() => m.unwrap(),
-        };
-        let command: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
-        assert_eq!(command["kind"], "command");
-        let destination = command["payload"]["destination"].as_str().unwrap_or_default();
-        let order_id = command["payload"]["order_id"].as_str().unwrap_or_default();
-        let (outcome, payload) = if destination == "nowhere" {
-            (json!({ "status": "failure", "reason": "cannot ship to nowhere", "retryable": false }), Value::Null)
-        } else {
-            (json!({ "status": "success" }), json!({ "tracking_number": format!("TRK-{order_id}") }))
-        };
-        let command_id = command["message_id"].as_str().unwrap();
-        let reply = json!({
-            "message_id": format!("{command_id}/shipping-reply"),
-            "saga_id": command["saga_id"],
-            "kind": "reply",
-            "step": command["step"],
-            "type": command["type"],
-            "attempt": command["attempt"],
-            "in_reply_to": command_id,
-            "payload": payload,
-            "outcome": outcome,
-        });
-        let reply_id = reply["message_id"].as_str().unwrap().to_owned();
-        let body = reply.to_string();
-        let key = command["saga_id"].as_str().unwrap().to_owned();
-        let topic = command["reply_to"].as_str().unwrap().to_owned();
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "message_id", value: Some(reply_id.as_str()) })
-            .insert(Header { key: "content-type", value: Some("application/json") });
-        producer
-            .send(FutureRecord::to(&topic).key(&key).payload(&body).headers(headers), Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-        // Only now that the reply is durable on the broker.
-        consumer.commit_message(&message, CommitMode::Async).unwrap();
+fn ship(command: &Received) -> Answer {
+    assert_eq!(command.body["kind"], "command");
+    let payload = &command.body["payload"];
+    if payload["destination"] == "nowhere" {
+        return Some((
+            json!({ "status": "failure", "reason": "cannot ship to nowhere", "retryable": false }),
+            Value::Null,
+        ));
     }
+    let order_id = payload["order_id"].as_str().unwrap_or_default();
+    success(json!({ "tracking_number": format!("TRK-{order_id}") }))
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -87,7 +37,7 @@ async fn external_participant_completes_a_saga_and_its_failure_is_compensated(po
     let (status, _) = s.call(Method::POST, "/saga-definitions", Some(definition)).await;
     assert_eq!(status, 201, "registering creates the shipping command topic");
     let stop = CancellationToken::new();
-    let participant = tokio::spawn(shipping_participant(s.prefix.clone(), stop.clone()));
+    let participant = tokio::spawn(external::serve(s.prefix.clone(), "shipping".into(), stop.clone(), ship));
 
     let input = |order: &str, destination: &str| {
         json!({ "definition": "reserve-and-ship", "input": {

@@ -7,64 +7,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::routing::post;
-use axum::Router;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message as _;
 use sagaflow_tests::external::{self, success};
+use sagaflow_tests::otlp::{self, Exports, ReceivedSpan};
 use sagaflow_tests::process::{database_url_of, EngineProcess, EngineSpec};
 use sagaflow_tests::{eventually, kafka_bootstrap, unique_prefix, MIGRATOR};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-/// A span as the receiver got it, ids in hex.
-#[derive(Debug, Clone)]
-struct Received {
-    trace_id: String,
-    span_id: String,
-    parent: String,
-    name: String,
-}
-
-type Spans = Arc<Mutex<Vec<Received>>>;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// An OTLP/HTTP receiver on a free loopback port: it keeps every span it is sent.
-async fn otlp_receiver() -> (String, Spans) {
-    let spans: Spans = Arc::default();
-    let kept = Arc::clone(&spans);
-    let app = Router::new().route(
-        "/v1/traces",
-        post(move |body: Bytes| async move {
-            let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
-            let mut kept = kept.lock().unwrap();
-            for span in request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
-                kept.push(Received {
-                    trace_id: hex(&span.trace_id),
-                    span_id: hex(&span.span_id),
-                    parent: hex(&span.parent_span_id),
-                    name: span.name.clone(),
-                });
-            }
-            // An empty ExportTraceServiceResponse.
-            Vec::<u8>::new()
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (endpoint, spans)
-}
+type Spans = Arc<Mutex<Exports>>;
 
 /// The spans of `trace_id` once there are at least `count`.
-async fn trace(spans: &Spans, trace_id: &str, count: usize) -> Vec<Received> {
+async fn trace(spans: &Spans, trace_id: &str, count: usize) -> Vec<ReceivedSpan> {
     eventually(&format!("{count} spans of trace {trace_id}"), Duration::from_secs(30), || async {
-        let of_trace: Vec<_> = spans.lock().unwrap().iter().filter(|s| s.trace_id == trace_id).cloned().collect();
+        let of_trace: Vec<_> = spans.lock().unwrap().spans.iter().filter(|s| s.trace_id == trace_id).cloned().collect();
         (of_trace.len() >= count).then_some(of_trace)
     })
     .await
@@ -72,7 +28,7 @@ async fn trace(spans: &Spans, trace_id: &str, count: usize) -> Vec<Received> {
 
 /// Walks the trace from the span `root` names, each next span a child of the one before
 /// with the name given; returns the spans walked.
-fn chain<'a>(spans: &'a [Received], parent: &str, names: &[String]) -> Vec<&'a Received> {
+fn chain<'a>(spans: &'a [ReceivedSpan], parent: &str, names: &[String]) -> Vec<&'a ReceivedSpan> {
     let mut parent = parent.to_owned();
     let mut walked = Vec::new();
     for name in names {
@@ -92,7 +48,7 @@ fn names(list: &[&str]) -> Vec<String> {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn an_order_and_a_saga_through_an_external_participant_are_each_one_trace(pool: PgPool) {
-    let (endpoint, spans) = otlp_receiver().await;
+    let (endpoint, spans) = otlp::receiver().await;
     let prefix = unique_prefix();
     let logs = tempfile::tempdir().unwrap();
     let mut spec = EngineSpec::new(database_url_of(&pool).await, kafka_bootstrap(), &prefix, logs.path(), "traced");
@@ -174,7 +130,7 @@ async fn an_order_and_a_saga_through_an_external_participant_are_each_one_trace(
     let root = ship_trace.iter().find(|s| s.name == "POST").expect("the request's span");
     assert!(ship_trace.iter().all(|s| s.parent.is_empty() == (s.span_id == root.span_id)), "one root: {ship_trace:#?}");
     let walked = chain(&ship_trace, &root.parent, &hops);
-    let by_name: HashMap<&str, &Received> = walked.iter().map(|s| (s.name.as_str(), *s)).collect();
+    let by_name: HashMap<&str, &ReceivedSpan> = walked.iter().map(|s| (s.name.as_str(), *s)).collect();
     assert_eq!(
         by_name[commands("shipping").as_str()].span_id,
         publish_span,

@@ -35,12 +35,6 @@ pub fn build(state: AppState, layout: Layout) -> Router {
     finish(routes, &state).with_state(state)
 }
 
-/// What a process without the `api` role serves: health and metrics only, so that every
-/// worker can be probed and scraped.
-pub fn operations_router(state: AppState) -> Router {
-    build(state, Layout { api: false, metrics: true })
-}
-
 /// `/metrics` alone, for its own address (`--metrics-addr`).
 pub fn metrics_router(state: AppState) -> Router {
     finish(Router::new().route("/metrics", get(health::metrics)), &state).with_state(state)
@@ -88,7 +82,7 @@ fn finish(router: Router<AppState>, state: &AppState) -> Router<AppState> {
         .fallback(|| async { ApiError::NoRoute("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed("method not allowed on this route".into()) })
         .layer(middleware::from_fn_with_state(state.limits.clone(), crate::limits::rate_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
+        .layer(middleware::from_fn_with_state(state.auth.clone(), crate::auth::authenticate))
         .layer(middleware::from_fn(crate::extract::reject_control_characters))
         .layer(middleware::from_fn(crate::metrics::track))
         .layer(DefaultBodyLimit::max(state.limits.body_bytes))

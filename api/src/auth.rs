@@ -3,8 +3,9 @@
 //! and `aud` when configured. Its roles come from a configurable claim. Health, metrics, the
 //! OpenAPI document and the console's files stay open; everything else needs a role.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::Method;
@@ -15,7 +16,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// What a caller may do. `admin` may do everything; `operator` also reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,8 +75,12 @@ pub struct KeyError(String);
 
 enum Keys {
     One(DecodingKey, Algorithm),
-    Set(JwkSet),
+    /// By `kid`, decoded once when the file is read.
+    Set(HashMap<String, DecodingKey>),
 }
+
+/// The algorithms a token may be signed with.
+const ACCEPTED: [Algorithm; 3] = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256];
 
 /// How tokens are verified.
 pub struct AuthConfig {
@@ -84,6 +88,8 @@ pub struct AuthConfig {
     issuer: Option<String>,
     audience: Option<String>,
     roles_claim: String,
+    /// The checks of a token, one per accepted algorithm, made when the configuration is.
+    validations: Vec<Validation>,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -98,7 +104,28 @@ fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
 
 impl AuthConfig {
     fn with_keys(keys: Keys) -> Self {
-        Self { keys, issuer: None, audience: None, roles_claim: "roles".into() }
+        Self { keys, issuer: None, audience: None, roles_claim: "roles".into(), validations: Vec::new() }.validating()
+    }
+
+    /// Makes the checks for the issuer and audience configured now.
+    fn validating(mut self) -> Self {
+        self.validations = ACCEPTED
+            .iter()
+            .map(|algorithm| {
+                let mut validation = Validation::new(*algorithm);
+                validation.validate_nbf = true;
+                validation.set_required_spec_claims(&["exp", "sub"]);
+                if let Some(issuer) = &self.issuer {
+                    validation.set_issuer(&[issuer]);
+                }
+                match &self.audience {
+                    Some(audience) => validation.set_audience(&[audience]),
+                    None => validation.validate_aud = false,
+                }
+                validation
+            })
+            .collect();
+        self
     }
 
     /// Tokens signed with HS256 and `secret`.
@@ -125,17 +152,28 @@ impl AuthConfig {
         if set.keys.is_empty() {
             return Err(KeyError(format!("{}: the JWKS holds no key", path.display())));
         }
-        Ok(Self::with_keys(Keys::Set(set)))
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else { continue };
+            match DecodingKey::from_jwk(jwk) {
+                Ok(key) => {
+                    keys.insert(kid, key);
+                }
+                // Tokens naming it are refused, as they would be by a key that is not there.
+                Err(err) => tracing::warn!(%kid, error = %err, "a JWKS key cannot be used"),
+            }
+        }
+        Ok(Self::with_keys(Keys::Set(keys)))
     }
 
     /// Requires this `iss`.
     pub fn with_issuer(self, issuer: impl Into<String>) -> Self {
-        Self { issuer: Some(issuer.into()), ..self }
+        Self { issuer: Some(issuer.into()), ..self }.validating()
     }
 
     /// Requires this `aud`.
     pub fn with_audience(self, audience: impl Into<String>) -> Self {
-        Self { audience: Some(audience.into()), ..self }
+        Self { audience: Some(audience.into()), ..self }.validating()
     }
 
     /// Reads the roles from this claim (a dotted path such as `realm_access.roles`).
@@ -145,30 +183,20 @@ impl AuthConfig {
 
     /// The caller a token stands for, or why it does not stand for one (for the log only).
     pub fn verify(&self, token: &str) -> Result<Caller, String> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
         let (key, algorithm) = match &self.keys {
-            Keys::One(key, algorithm) => (key.clone(), *algorithm),
-            Keys::Set(set) => {
+            Keys::One(key, algorithm) => (key, *algorithm),
+            Keys::Set(keys) => {
+                let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
                 let kid = header.kid.as_deref().ok_or("the token names no kid")?;
-                let jwk = set.find(kid).ok_or_else(|| format!("no key '{kid}' in the JWKS"))?;
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
-                (key, header.alg)
+                (keys.get(kid).ok_or_else(|| format!("no key '{kid}' in the JWKS"))?, header.alg)
             }
         };
-        if !matches!(algorithm, Algorithm::HS256 | Algorithm::RS256 | Algorithm::ES256) {
-            return Err(format!("algorithm {algorithm:?} is not accepted"));
-        }
-        let mut validation = Validation::new(algorithm);
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
-        }
-        match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
-        let claims = jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| e.to_string())?.claims;
+        let validation = self
+            .validations
+            .iter()
+            .find(|v| v.algorithms.contains(&algorithm))
+            .ok_or_else(|| format!("algorithm {algorithm:?} is not accepted"))?;
+        let claims = jsonwebtoken::decode::<Value>(token, key, validation).map_err(|e| e.to_string())?.claims;
         let sub = claims.get("sub").and_then(Value::as_str).ok_or("sub is not a string")?.to_owned();
         let roles = self
             .roles_claim
@@ -197,8 +225,8 @@ fn needed(method: &Method, path: &str) -> Option<Role> {
 /// Lets a request through only with a valid token holding the role it needs, and runs it
 /// on behalf of the token's `sub` (recorded in the events it appends). Without an auth
 /// configuration everything passes.
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let Some(auth) = state.auth.as_deref() else { return next.run(request).await };
+pub async fn authenticate(State(auth): State<Option<Arc<AuthConfig>>>, request: Request, next: Next) -> Response {
+    let Some(auth) = auth.as_deref() else { return next.run(request).await };
     let Some(role) = needed(request.method(), request.uri().path()) else { return next.run(request).await };
     let token = request
         .headers()
@@ -217,9 +245,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     if !caller.may(role) {
         return ApiError::Forbidden(format!("this needs the '{}' role", role.name())).into_response();
     }
-    let sub = caller.sub.clone();
-    request.extensions_mut().insert(caller);
-    event_store::caller::scope(sub, next.run(request)).await
+    event_store::caller::scope(caller.sub, next.run(request)).await
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,12 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct WriteLimit {
     limiter: DefaultKeyedRateLimiter<Key>,
+    /// Writes checked, for sweeping forgotten callers every [`SWEEP_EVERY`] of them.
+    checked: AtomicU64,
 }
+
+/// How many writes pass between two looks for callers to forget (a power of two).
+const SWEEP_EVERY: u64 = 4_096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -47,13 +53,15 @@ enum Key {
 impl WriteLimit {
     /// `per_second` writes a second per caller, in bursts of up to `burst`.
     pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
-        Self { limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)) }
+        let limiter = DefaultKeyedRateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst));
+        Self { limiter, checked: AtomicU64::new(0) }
     }
 
     /// How long the caller `key` must wait before its next write; `None`: it may write now.
     fn wait(&self, key: &Key) -> Option<Duration> {
-        // Callers that have refilled their bucket are forgotten now and then.
-        if self.limiter.len() > 10_000 {
+        // Callers that have refilled their bucket are forgotten now and then (a look at every
+        // key, so not on every write).
+        if self.checked.fetch_add(1, Ordering::Relaxed) & (SWEEP_EVERY - 1) == 0 && self.limiter.len() > 10_000 {
             self.limiter.retain_recent();
         }
         self.limiter.check_key(key).err().map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))

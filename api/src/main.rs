@@ -80,11 +80,9 @@ impl AuthArgs {
             (None, None, None) => None,
             (Some(secret), None, None) => Some(AuthConfig::hs256(secret.as_bytes())),
             (None, Some(pem), None) => {
-                let algorithm = match self.auth_algorithm.as_str() {
-                    "RS256" => Algorithm::RS256,
-                    "ES256" => Algorithm::ES256,
-                    other => return Err(StartError::Config(format!("--auth-algorithm {other}: use RS256 or ES256"))),
-                };
+                let algorithm: Algorithm = self.auth_algorithm.parse().map_err(|_| {
+                    StartError::Config(format!("--auth-algorithm {}: use RS256 or ES256", self.auth_algorithm))
+                })?;
                 Some(AuthConfig::public_key(pem, algorithm).map_err(|e| StartError::Config(e.to_string()))?)
             }
             (None, None, Some(jwks)) => Some(AuthConfig::jwks(jwks).map_err(|e| StartError::Config(e.to_string()))?),
@@ -285,11 +283,12 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
     options.stuck_after = args.stuck_after;
     options.circuit_breakers = args.circuit_breaker;
     options.auth = auth;
-    if options.auth.is_none() && !args.http_addr.ip().is_loopback() {
+    let off_loopback = !args.http_addr.ip().is_loopback();
+    if options.auth.is_none() && off_loopback {
         tracing::warn!(addr = %args.http_addr, "serving without authentication (--insecure-no-auth)");
     }
     options.limits = api::limits::Limits::new(args.max_long_polls, args.request_timeout, args.max_body_bytes);
-    let rate = args.rate_limit_writes.or((!args.http_addr.ip().is_loopback()).then_some(100));
+    let rate = args.rate_limit_writes.or(off_loopback.then_some(100));
     if let Some(rate) = rate {
         let per_second =
             NonZeroU32::new(rate).ok_or_else(|| StartError::Config("--rate-limit-writes must be above 0".into()))?;

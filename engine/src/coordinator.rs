@@ -298,7 +298,7 @@ impl Coordinator {
                 Err(err) => return Err(err),
             };
             let events = view.state.on_timer_gated(now, self.breakers.as_ref());
-            let held_again = held_again(&view.state, &events);
+            let held_again = view.state.held_again(&events);
             if events.is_empty() || held_again.is_some() {
                 // The timer is stale (the saga moved on), or a held attempt waits on: align the
                 // timer with the saga, unless the saga changed meanwhile (then its own commit
@@ -406,10 +406,7 @@ impl Coordinator {
                 // Only an answer to the attempt sent: a step failed fast (its circuit was
                 // open) never reached the participant.
                 SagaEvent::StepFailed { step, attempt, retryable, .. } => {
-                    let answered = before.awaiting.as_ref().is_some_and(|a| {
-                        a.attempt == *attempt && before.step_def(a.step).is_some_and(|d| &d.name == step)
-                    });
-                    if !answered {
+                    if !before.awaits(step, *attempt) {
                         continue;
                     }
                     (step, *retryable)
@@ -417,9 +414,7 @@ impl Coordinator {
                 SagaEvent::StepTimedOut { step, .. } | SagaEvent::CompensationFailed { step, .. } => (step, true),
                 _ => continue,
             };
-            let Some(def) = before.definition.as_ref().and_then(|d| d.steps.iter().find(|s| &s.name == step)) else {
-                continue;
-            };
+            let Some(def) = before.step_named(step) else { continue };
             let saga_id = before.saga_id.unwrap_or_default();
             woken.extend(self.breakers.record(&def.participant, saga_id, failed, now));
         }
@@ -468,8 +463,8 @@ impl Coordinator {
             Some(trace) => json!({ "correlation_id": saga_id, "causation_id": reply_id, HEADER_TRACEPARENT: trace }),
             None => json!({ "correlation_id": saga_id, "causation_id": reply_id }),
         };
-        // Without exported spans, the saga id is the trace id: one saga is one trace.
-        let command_trace = trace.clone().unwrap_or_else(|| traceparent_for(saga_id));
+        // Made for the first command; without exported spans, the saga id is the trace id.
+        let mut command_trace = None;
         for event in events {
             working.apply(event);
             if let Some(command) = working.command_for(event) {
@@ -487,7 +482,9 @@ impl Coordinator {
                     sent_at: Utc::now(),
                 };
                 let topic = self.topics.commands(&command.step.participant);
-                commit.outbox.push(envelope.to_message(&topic, Some(&command_trace)));
+                let trace =
+                    command_trace.get_or_insert_with(|| trace.clone().unwrap_or_else(|| traceparent_for(saga_id)));
+                commit.outbox.push(envelope.to_message(&topic, Some(trace)));
             }
             stored.push(encode(event)?.with_metadata(metadata.clone()));
         }
@@ -509,15 +506,6 @@ impl Coordinator {
         let version = version + stored_count;
         Ok((commit, SagaView { state: working, version, trace }))
     }
-}
-
-/// When a woken saga's decision is only to hold the attempt it already holds (its circuit
-/// is still open), the time it waits until.
-fn held_again(state: &SagaState, events: &[SagaEvent]) -> Option<DateTime<Utc>> {
-    let [SagaEvent::StepHeld { step, attempt, phase, until, .. }] = events else { return None };
-    let held = state.retry.as_ref().filter(|r| r.held)?;
-    let same_step = state.step_def(held.step).is_some_and(|d| &d.name == step);
-    (same_step && held.attempt == *attempt && held.phase == *phase).then_some(*until)
 }
 
 /// Logs a decision and counts its outcomes.

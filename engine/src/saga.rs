@@ -345,6 +345,25 @@ impl SagaState {
         self.definition.as_ref().and_then(|d| d.steps.get(index))
     }
 
+    /// The definition of step `name`.
+    pub(crate) fn step_named(&self, name: &str) -> Option<&StepDefinition> {
+        self.step_def(self.step_index(name)?)
+    }
+
+    /// Whether the saga waits for the reply to `attempt` of step `name`.
+    pub(crate) fn awaits(&self, name: &str, attempt: u32) -> bool {
+        self.awaiting.as_ref().is_some_and(|a| a.attempt == attempt && self.step_index(name) == Some(a.step))
+    }
+
+    /// When the decision `events` only holds again the attempt the saga already holds (its
+    /// circuit is still open): the time it now waits until. Waiting on is no progress, so the
+    /// coordinator moves the saga's timer instead of recording the decision.
+    pub(crate) fn held_again(&self, events: &[SagaEvent]) -> Option<DateTime<Utc>> {
+        let [SagaEvent::StepHeld { step, attempt, phase, until, .. }] = events else { return None };
+        let held = self.retry.as_ref().filter(|r| r.held)?;
+        (self.step_index(step) == Some(held.step) && held.attempt == *attempt && held.phase == *phase).then_some(*until)
+    }
+
     pub(crate) fn pivot(&self) -> Option<usize> {
         self.definition.as_ref().and_then(SagaDefinition::pivot)
     }

@@ -21,15 +21,17 @@ pub fn current() -> Option<String> {
 
 /// `commit` with the current caller in each event's metadata (kept when one is there already).
 pub(crate) fn stamped(mut commit: Commit) -> Commit {
-    let Some(caller) = current() else { return commit };
-    for event in commit.appends.iter_mut().flat_map(|a| a.events.iter_mut()) {
-        if event.metadata.is_null() {
-            event.metadata = serde_json::Value::Object(serde_json::Map::new());
+    // Outside a scope there is no caller, and nothing to do.
+    let _outside = CALLER.try_with(|caller| {
+        for event in commit.appends.iter_mut().flat_map(|a| a.events.iter_mut()) {
+            if event.metadata.is_null() {
+                event.metadata = serde_json::Value::Object(serde_json::Map::new());
+            }
+            if let serde_json::Value::Object(metadata) = &mut event.metadata {
+                metadata.entry("caller").or_insert_with(|| serde_json::Value::String(caller.clone()));
+            }
         }
-        if let serde_json::Value::Object(metadata) = &mut event.metadata {
-            metadata.entry("caller").or_insert_with(|| serde_json::Value::String(caller.clone()));
-        }
-    }
+    });
     commit
 }
 

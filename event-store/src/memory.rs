@@ -13,7 +13,7 @@ use crate::model::{
     AllPosition, AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, RecordedEvent, Snapshot, TimerChange,
 };
 use crate::signals::CommitSignals;
-use crate::store::{validate_commit, EventStore};
+use crate::store::{prepare_commit, EventStore};
 
 struct OutboxEntry {
     message: OutboxMessage,
@@ -66,8 +66,7 @@ fn current_version(state: &State, stream_id: &str) -> u64 {
 #[async_trait]
 impl EventStore for MemoryEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
-        let commit = crate::caller::stamped(commit);
-        validate_commit(&commit)?;
+        let commit = prepare_commit(commit)?;
         let touched: Vec<String> = commit.appends.iter().map(|a| a.stream_id.clone()).collect();
         let mut state = self.lock();
         // Check everything first: a failed commit writes nothing.

@@ -6,15 +6,14 @@ use std::future::Future;
 use crate::error::Result;
 use crate::model::{Commit, CommitResult};
 use crate::signals::CommitSignals;
-use crate::store::validate_commit;
 
 /// A `LIMIT` value.
 pub(crate) fn limit_of(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-/// Validates `commit`, runs `write` (the backend's transaction), records its latency and
-/// wakes local subscribers.
+/// Runs `write` (the backend's transaction) for a prepared `commit`
+/// ([`crate::store::prepare_commit`]), records its latency and wakes local subscribers.
 pub(crate) async fn run_commit<F>(
     backend: &'static str,
     signals: &CommitSignals,
@@ -24,7 +23,6 @@ pub(crate) async fn run_commit<F>(
 where
     F: Future<Output = Result<CommitResult>>,
 {
-    validate_commit(commit)?;
     let started = std::time::Instant::now();
     let result = write.await?;
     metrics::histogram!("sagaflow_append_duration_seconds", "backend" => backend)

@@ -338,7 +338,7 @@ impl SqliteEventStore {
 #[async_trait]
 impl EventStore for SqliteEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
-        let commit = Arc::new(crate::caller::stamped(commit));
+        let commit = Arc::new(crate::store::prepare_commit(commit)?);
         run_commit("sqlite", &self.signals, &commit, self.commit_tx(Arc::clone(&commit))).await
     }
 

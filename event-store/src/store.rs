@@ -145,6 +145,14 @@ pub const READ_PAGE: usize = 5_000;
 
 impl<T: EventStore + ?Sized> EventStoreExt for T {}
 
+/// What every backend's `commit` does first: the caller stamped into the events' metadata
+/// (see [`crate::caller`]), then the commit checked.
+pub(crate) fn prepare_commit(commit: Commit) -> Result<Commit> {
+    let commit = crate::caller::stamped(commit);
+    validate_commit(&commit)?;
+    Ok(commit)
+}
+
 /// Refuses what no backend can store faithfully, before any work is done.
 pub(crate) fn validate_commit(commit: &Commit) -> Result<()> {
     let mut event_ids = std::collections::HashSet::new();

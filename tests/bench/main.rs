@@ -229,24 +229,6 @@ async fn alone(engine: &http_load::Engine, label: &str) {
     println!("{label}: one saga alone, POST → APPROVED: p50 {:.1} ms, p99 {:.1} ms", figure.p50_ms(), figure.p99_ms());
 }
 
-/// An OTLP/HTTP endpoint that answers every export and counts them (requests, bytes).
-async fn otlp_sink() -> (String, Arc<std::sync::Mutex<(u64, usize)>>) {
-    let exports = Arc::new(std::sync::Mutex::new((0_u64, 0_usize)));
-    let counted = Arc::clone(&exports);
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| async move {
-            let mut counted = counted.lock().unwrap();
-            counted.0 += 1;
-            counted.1 += body.len();
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (endpoint, exports)
-}
-
 async fn sagas_section(url: &str, bootstrap: &str, broker_bound: Option<f64>) {
     let binary = build(&["-p", "sagaflow-api", "--bin", "sagaflow"], workspace().join("target/release/sagaflow"))
         .expect("the sagaflow binary builds");
@@ -285,15 +267,20 @@ async fn sagas_section(url: &str, bootstrap: &str, broker_bound: Option<f64>) {
             println!("{label}: idle for 5 s, cpu: {}", cpu.stop(Duration::from_secs(5)));
         }
         {
-            // The same with every span exported over OTLP, to a sink that keeps nothing.
-            let (endpoint, exports) = otlp_sink().await;
+            // The same with every span exported over OTLP, to a receiver in the bench.
+            let (endpoint, exports) = sagaflow_tests::otlp::receiver().await;
             let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned())];
             let engine = http_load::Engine::start_with(&binary, backend, &logs.join("traced.log"), &env).await;
             engine.prepare(&reqwest::Client::new()).await;
             alone(&engine, &format!("{label}, spans exported")).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let (requests, bytes) = *exports.lock().unwrap();
-            println!("{label}, spans exported: {requests} OTLP exports, {} KiB", bytes / 1024);
+            let exports = exports.lock().unwrap();
+            println!(
+                "{label}, spans exported: {} spans in {} OTLP exports, {} KiB",
+                exports.spans.len(),
+                exports.requests,
+                exports.bytes / 1024
+            );
         }
         let log = logs.join(format!("{}.log", label.split_whitespace().next().unwrap_or("engine")));
         let (runs, rss) = http_load::ladder(backend, &binary, &rates, Duration::from_secs(seconds), &log).await;

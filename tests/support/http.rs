@@ -76,7 +76,15 @@ impl TestServer {
 
     /// Sends a request with an optional JSON body.
     pub async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Response {
+        self.send_as(method, path, None, body).await
+    }
+
+    /// Sends a request with an optional bearer token and JSON body.
+    pub async fn send_as(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Response {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }

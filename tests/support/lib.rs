@@ -7,6 +7,7 @@
 pub mod contract;
 pub mod external;
 pub mod http;
+pub mod otlp;
 pub mod process;
 pub mod shop;
 

@@ -235,7 +235,7 @@ impl Transport for KafkaTransport {
             .set("topic.metadata.refresh.interval.ms", "5000")
             .set("session.timeout.ms", self.config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (self.config.session_timeout_ms / 4).max(500).to_string())
-            .create_with_context(GroupLog { group: group.to_owned(), status: Arc::clone(&status) })
+            .create_with_context(GroupLog { status: Arc::clone(&status) })
             .map_err(|e| kafka_err("creating consumer", &e))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|e| kafka_err("subscribing", &e))?;
@@ -268,7 +268,6 @@ impl Transport for KafkaTransport {
 /// Logs every partition assignment and revocation of a consumer, so that an operator sees
 /// when a group rebalances and how long partitions were without an owner.
 struct GroupLog {
-    group: String,
     status: Arc<ConsumerStatus>,
 }
 
@@ -279,12 +278,12 @@ impl ConsumerContext for GroupLog {
         match rebalance {
             Rebalance::Assign(list) => {
                 self.status.assigned(list.count());
-                tracing::info!(group = %self.group, partitions = list.count(), "partitions assigned")
+                tracing::info!(group = %self.status.group, partitions = list.count(), "partitions assigned")
             }
             Rebalance::Revoke(list) => {
-                tracing::info!(group = %self.group, partitions = list.count(), "partitions revoked")
+                tracing::info!(group = %self.status.group, partitions = list.count(), "partitions revoked")
             }
-            Rebalance::Error(err) => tracing::warn!(group = %self.group, error = %err, "rebalance failed"),
+            Rebalance::Error(err) => tracing::warn!(group = %self.status.group, error = %err, "rebalance failed"),
         }
     }
 }

@@ -95,7 +95,8 @@ impl PgEventStore {
     /// Writes `commit` inside the caller's transaction `tx`, which may hold writes of its own:
     /// the events, outbox messages and timers become durable when `tx` commits. Waiters in
     /// this process are not woken (there is no commit yet); subscribers find the events at
-    /// their next poll.
+    /// their next poll. The events are not stamped with the request's caller: the caller's
+    /// own transaction says who writes.
     pub async fn commit_within(&self, tx: &mut Transaction<'_, Postgres>, commit: &Commit) -> Result<CommitResult> {
         crate::store::validate_commit(commit)?;
         commit::write_in(&mut **tx, commit).await
@@ -133,7 +134,7 @@ fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
 #[async_trait]
 impl EventStore for PgEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
-        let commit = crate::caller::stamped(commit);
+        let commit = crate::store::prepare_commit(commit)?;
         run_commit("postgres", &self.signals, &commit, self.commit_tx(&commit)).await
     }
 
