@@ -15,6 +15,11 @@ fn ticks_of(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
+/// CPU seconds `pid` has used so far.
+pub fn cpu_seconds_of(pid: u32) -> f64 {
+    ticks_of(pid).unwrap_or(0) as f64 / TICKS_PER_S
+}
+
 fn pids_named(name: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries

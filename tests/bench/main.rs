@@ -7,7 +7,9 @@
 //! - `sagas`: order sagas over HTTP against the real binary, PostgreSQL + Kafka and
 //!   embedded: one saga alone, then rising fixed rates until p99 POST → terminal ≥ 250 ms;
 //! - `retention`: batched deletes on millions of rows;
-//! - `index`: filtered pages of a saga index of 1,000,000 sagas (`BENCH_INDEX_SAGAS`).
+//! - `index`: filtered pages of a saga index of 1,000,000 sagas (`BENCH_INDEX_SAGAS`);
+//! - `edges`: reads and appends over HTTP with authentication and the rate limit on, beside
+//!   the same with them off.
 //!
 //! No section named: all of them. Needs `DATABASE_URL` and `KAFKA_BOOTSTRAP_SERVERS`
 //! (`eval "$(scripts/services.sh)"`). `BENCH_SECONDS` (default 3) is the time of each
@@ -23,6 +25,7 @@
 mod appends;
 mod broker;
 mod cpu;
+mod edges;
 mod http_load;
 mod replay;
 mod retention;
@@ -229,17 +232,28 @@ async fn alone(engine: &http_load::Engine, label: &str) {
     println!("{label}: one saga alone, POST → APPROVED: p50 {:.1} ms, p99 {:.1} ms", figure.p50_ms(), figure.p99_ms());
 }
 
+/// The `sagaflow` binary, built for release.
+fn sagaflow_binary() -> PathBuf {
+    build(&["-p", "sagaflow-api", "--bin", "sagaflow"], workspace().join("target/release/sagaflow"))
+        .expect("the sagaflow binary builds")
+}
+
+/// Where the engines the bench starts write their logs.
+fn bench_logs() -> PathBuf {
+    let logs = workspace().join("target/tmp/bench");
+    std::fs::create_dir_all(&logs).unwrap();
+    logs
+}
+
 async fn sagas_section(url: &str, bootstrap: &str, broker_bound: Option<f64>) {
-    let binary = build(&["-p", "sagaflow-api", "--bin", "sagaflow"], workspace().join("target/release/sagaflow"))
-        .expect("the sagaflow binary builds");
+    let binary = sagaflow_binary();
     let seconds = env_u64("BENCH_HTTP_SECONDS", 60);
     let rates: Vec<u32> = std::env::var("BENCH_RATES")
         .unwrap_or_else(|_| "100,200,400,700,1000,1400".into())
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();
-    let logs = workspace().join("target/tmp/bench");
-    std::fs::create_dir_all(&logs).unwrap();
+    let logs = bench_logs();
     println!("\nOrder sagas over HTTP (POST /orders, then GET ?wait=30 to the end; {seconds} s per rate, p99 bound {P99_BOUND_MS} ms)");
     if let Some(bound) = broker_bound {
         println!("(the broker alone bounds PostgreSQL + Kafka at about {}/s)", thousands(bound));
@@ -304,7 +318,7 @@ async fn main() {
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect("KAFKA_BOOTSTRAP_SERVERS");
     let mut sections: Vec<String> = std::env::args().skip(1).collect();
     if sections.is_empty() {
-        sections = ["appends", "replay", "broker", "sagas", "retention", "index"].map(String::from).to_vec();
+        sections = ["appends", "replay", "broker", "sagas", "retention", "index", "edges"].map(String::from).to_vec();
     }
     let mut broker_bound = None;
     for section in &sections {
@@ -315,7 +329,8 @@ async fn main() {
             "sagas" => sagas_section(&url, &bootstrap, broker_bound).await,
             "retention" => retention::retention(&url, 2_000_000).await,
             "index" => index_section(&url).await,
-            other => eprintln!("unknown section '{other}' (appends, replay, broker, sagas, retention, index)"),
+            "edges" => edges::edges(&sagaflow_binary(), &bench_logs(), env_u64("BENCH_SECONDS", 3)).await,
+            other => eprintln!("unknown section '{other}' (appends, replay, broker, sagas, retention, index, edges)"),
         }
     }
     println!("bench peak RSS {:.1} MiB", peak_rss_mib_of(std::process::id()));
