@@ -2,23 +2,19 @@
 //! each route needs, the caller recorded in the events it causes, and the refusal to serve a
 //! non-loopback address without a key.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::auth::AuthConfig;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use reqwest::Method;
 use sagaflow_tests::http::TestServer;
 use sagaflow_tests::process::{free_port, sagaflow_binary};
+use sagaflow_tests::tokens::{self, fixture};
 use serde_json::{json, Value};
 
 const SECRET: &[u8] = b"test-secret-of-sufficient-length";
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/auth").join(name)
-}
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -30,7 +26,7 @@ fn claims(sub: &str, roles: &[&str]) -> Value {
 }
 
 fn hs256(claims: &Value) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    tokens::hs256(SECRET, claims)
 }
 
 async fn call(s: &TestServer, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
@@ -68,12 +64,7 @@ async fn tokens_are_verified_and_each_route_needs_its_role() {
     stranger["iss"] = json!("https://elsewhere.example");
     let mut other_audience = claims("root", &["admin"]);
     other_audience["aud"] = json!("another-service");
-    let forged = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims("root", &["admin"]),
-        &EncodingKey::from_secret(b"not-the-secret"),
-    )
-    .unwrap();
+    let forged = tokens::hs256(b"not-the-secret", &claims("root", &["admin"]));
     let refused = [
         None,
         Some(hs256(&expired)),
@@ -139,13 +130,7 @@ async fn tokens_are_verified_and_each_route_needs_its_role() {
 #[test]
 fn rs256_es256_and_jwks_keys_verify_their_own_tokens_only() {
     let sign = |algorithm: Algorithm, pem: &str, kid: Option<&str>| {
-        let pem = std::fs::read(fixture(pem)).unwrap();
-        let key = match algorithm {
-            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
-            _ => EncodingKey::from_ec_pem(&pem).unwrap(),
-        };
-        let header = Header { kid: kid.map(Into::into), ..Header::new(algorithm) };
-        jsonwebtoken::encode(&header, &json!({ "sub": "svc", "roles": ["viewer"], "exp": now() + 60 }), &key).unwrap()
+        tokens::signed(algorithm, pem, kid, &json!({ "sub": "svc", "roles": ["viewer"], "exp": now() + 60 }))
     };
     let rsa = AuthConfig::public_key(&fixture("rsa-public.pem"), Algorithm::RS256).unwrap();
     let ec = AuthConfig::public_key(&fixture("ec-public.pem"), Algorithm::ES256).unwrap();
@@ -161,12 +146,7 @@ fn rs256_es256_and_jwks_keys_verify_their_own_tokens_only() {
     assert!(jwks.verify(&sign(Algorithm::RS256, "rsa-private.pem", None)).is_err(), "a JWKS token names its kid");
     // An HS256 token forged with the public key as its secret is refused.
     let public = std::fs::read(fixture("rsa-public.pem")).unwrap();
-    let confused = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({ "sub": "svc", "exp": now() + 60 }),
-        &EncodingKey::from_secret(&public),
-    )
-    .unwrap();
+    let confused = tokens::hs256(&public, &json!({ "sub": "svc", "exp": now() + 60 }));
     assert!(rsa.verify(&confused).is_err());
 }
 

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::auth::AuthConfig;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use reqwest::{Client, StatusCode};
+use sagaflow_tests::tokens::{self, fixture};
 use serde_json::json;
 
 use crate::cpu::cpu_seconds_of;
@@ -27,10 +28,13 @@ struct Setup {
     token: Option<String>,
 }
 
+/// Claims of an admin, valid for an hour.
+fn claims() -> serde_json::Value {
+    json!({ "sub": "bench", "roles": ["admin"], "exp": chrono::Utc::now().timestamp() + 3600 })
+}
+
 fn token() -> String {
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    let claims = json!({ "sub": "bench", "roles": ["admin"], "exp": exp });
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    tokens::hs256(SECRET.as_bytes(), &claims())
 }
 
 fn setups() -> Vec<Setup> {
@@ -78,8 +82,7 @@ where
     let before = cpu_seconds_of(engine.pid());
     let figure = run(duration).await;
     let used = cpu_seconds_of(engine.pid()) - before;
-    let requests = figure.per_s * duration.as_secs_f64();
-    Measured { cpu_us: used / requests.max(1.0) * 1e6, figure }
+    Measured { cpu_us: used / figure.latencies.len().max(1) as f64 * 1e6, figure }
 }
 
 fn authorized(builder: reqwest::RequestBuilder, token: Option<&String>) -> reqwest::RequestBuilder {
@@ -115,28 +118,17 @@ async fn workloads(engine: &Engine, token: Option<&String>, duration: Duration) 
 
 /// Microseconds one `verify` of a valid token takes, in this process, per algorithm.
 fn token_checks() -> Vec<(&'static str, f64)> {
-    let fixtures = crate::workspace().join("tests/fixtures/auth");
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    let claims = json!({ "sub": "bench", "roles": ["admin"], "exp": exp });
-    let signed = |algorithm: Algorithm, private: &str| {
-        let pem = std::fs::read(fixtures.join(private)).unwrap();
-        let key = match algorithm {
-            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
-            _ => EncodingKey::from_ec_pem(&pem).unwrap(),
-        };
-        encode(&Header::new(algorithm), &claims, &key).unwrap()
-    };
     let checks = [
         ("HS256", AuthConfig::hs256(SECRET.as_bytes()), token()),
         (
             "RS256",
-            AuthConfig::public_key(&fixtures.join("rsa-public.pem"), Algorithm::RS256).unwrap(),
-            signed(Algorithm::RS256, "rsa-private.pem"),
+            AuthConfig::public_key(&fixture("rsa-public.pem"), Algorithm::RS256).unwrap(),
+            tokens::signed(Algorithm::RS256, "rsa-private.pem", None, &claims()),
         ),
         (
             "ES256",
-            AuthConfig::public_key(&fixtures.join("ec-public.pem"), Algorithm::ES256).unwrap(),
-            signed(Algorithm::ES256, "ec-private.pem"),
+            AuthConfig::public_key(&fixture("ec-public.pem"), Algorithm::ES256).unwrap(),
+            tokens::signed(Algorithm::ES256, "ec-private.pem", None, &claims()),
         ),
     ];
     checks

@@ -10,6 +10,7 @@ pub mod http;
 pub mod otlp;
 pub mod process;
 pub mod shop;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
