@@ -270,6 +270,28 @@ mod tests {
     }
 
     #[test]
+    fn roles_come_from_the_configured_claim_path() {
+        let secret = b"unit-test-secret-of-enough-length";
+        let claims = serde_json::json!({
+            "sub": "kc-user",
+            "exp": chrono::Utc::now().timestamp() + 60,
+            "roles": ["admin"],
+            "realm_access": { "roles": ["viewer", "unknown-role"] },
+        });
+        let key = jsonwebtoken::EncodingKey::from_secret(secret);
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key).unwrap();
+
+        let nested = AuthConfig::hs256(secret).with_roles_claim("realm_access.roles").verify(&token).unwrap();
+        assert_eq!(nested.sub, "kc-user");
+        assert!(nested.may(Role::Viewer));
+        assert!(!nested.may(Role::Admin), "the top-level roles claim is not read");
+        let default = AuthConfig::hs256(secret).verify(&token).unwrap();
+        assert!(default.may(Role::Admin), "by default the roles claim is `roles`");
+        let missing = AuthConfig::hs256(secret).with_roles_claim("resource_access.roles").verify(&token).unwrap();
+        assert!(!missing.may(Role::Viewer), "no claim there: no roles");
+    }
+
+    #[test]
     fn admin_may_everything_and_an_operator_also_reads() {
         let caller = |roles: &[Role]| Caller { sub: "s".into(), roles: roles.iter().copied().collect() };
         assert!(caller(&[Role::Admin]).may(Role::Orders));
