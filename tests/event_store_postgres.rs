@@ -148,3 +148,124 @@ async fn events_written_before_the_upgrade_come_first_in_all(pool: PgPool) {
     assert_eq!(all[0].transaction_id, 0);
     assert!(all[1].transaction_id > 0);
 }
+
+/// Hot statements keep using their indexes when tables grow after a connection cached its
+/// plans. The store's connections cache one generic plan per statement; a plan made while a
+/// table looked small (statistics of a nearly empty table, as autovacuum or an ANALYZE leaves
+/// them on a new deployment or after retention emptied the outbox) must not go on scanning the
+/// whole table once it holds 100,000 rows.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn hot_statements_use_indexes_however_small_the_tables_were_when_planned(pool: PgPool) {
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use event_store::postgres::PgEventStore;
+    use event_store::saga_index::SagaRow;
+    use event_store::{AllPosition, Commit, EventStore, ExpectedVersion, NewEvent, OutgoingMessage, TimerChange};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    const TABLES: [&str; 5] = ["events", "outbox", "timers", "processed_messages", "saga_index"];
+    // Autovacuum would re-plan every connection once it analyzed a grown table: keep it out,
+    // as on a new deployment in its first minute, or on a table it has not come back to.
+    for table in TABLES {
+        sqlx::query(&format!("ALTER TABLE {table} SET (autovacuum_enabled = off)")).execute(&pool).await.unwrap();
+    }
+    // Two connections: the commit listener holds one, so every hot statement is planned and
+    // cached on the other, the backend whose scans are flushed and counted.
+    let url = sagaflow_tests::process::database_url_of(&pool).await;
+    let store = PgEventStore::connect_with(&url, 2).await.unwrap();
+    let index = store.saga_index();
+
+    let hot_paths = |round: u32| {
+        let (store, index) = (store.clone(), std::sync::Arc::clone(&index));
+        async move {
+            for i in 0..20 {
+                let stream = format!("hot-{round}-{i}");
+                let saga = Uuid::now_v7();
+                let commit = Commit::append(&stream, ExpectedVersion::NoStream, vec![NewEvent::new("A", json!({}))])
+                    .with_message(OutgoingMessage {
+                        topic: "t".into(),
+                        key: stream.clone(),
+                        payload: b"{}".to_vec(),
+                        headers: Default::default(),
+                    })
+                    .processing("hot-consumer", format!("m-{round}-{i}"))
+                    .with_timer(TimerChange::Set { key: format!("timer-{stream}"), due_at: Utc::now() });
+                store.commit(commit).await.unwrap();
+                let next = Commit::append(&stream, ExpectedVersion::Exact(1), vec![NewEvent::new("B", json!({}))])
+                    .with_timer(TimerChange::Cancel { key: format!("timer-{stream}") });
+                store.commit(next).await.unwrap();
+                assert_eq!(store.read_stream(&stream, 1, 10).await.unwrap().len(), 2);
+                assert_eq!(store.stream_version(&stream).await.unwrap(), Some(2));
+                let claimed = store.claim_outbox("hot-relay", 10, Duration::from_secs(30)).await.unwrap();
+                let ids: Vec<u64> = claimed.iter().map(|m| m.id).collect();
+                store.renew_claims("hot-relay", &ids, Duration::from_secs(30)).await.unwrap();
+                store.mark_published("hot-relay", &ids).await.unwrap();
+                store.due_timers(Utc::now(), 10).await.unwrap();
+                store.outbox_pending().await.unwrap();
+                let from = index.checkpoint().await.unwrap();
+                let to = AllPosition { global_position: from.global_position + 1, ..from };
+                let now = Utc::now();
+                let row = SagaRow {
+                    saga_id: saga,
+                    definition: "hot".into(),
+                    definition_version: 1,
+                    status: "RUNNING".into(),
+                    current_step: Some("s".into()),
+                    started_at: now,
+                    last_progress_at: now,
+                    finished_at: None,
+                    waiting_until: None,
+                    stuck_after_ms: None,
+                };
+                index.write(&[row], from, to).await.unwrap();
+                assert_eq!(index.rows(&[saga]).await.unwrap().len(), 1);
+            }
+            let last = store.read_all(AllPosition::START, 1).await.unwrap();
+            let after = last.first().map_or(AllPosition::START, |e| e.all_position());
+            store.read_all(after, 100).await.unwrap();
+            store.count_after(after, 1_000).await.unwrap();
+            index.take_newly_stuck(Utc::now(), 3_600_000, 10).await.unwrap();
+            // Counted once the backend has reported its scans.
+            sqlx::query("SELECT pg_stat_force_next_flush()").execute(store.pool()).await.unwrap();
+        }
+    };
+    let seq_scans = || async {
+        let mut counts = Vec::new();
+        for table in TABLES {
+            let n: i64 = sqlx::query_scalar("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = $1")
+                .bind(table)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            counts.push((table, n));
+        }
+        counts
+    };
+
+    // A new deployment: small tables, with the statistics of small tables.
+    hot_paths(0).await;
+    sqlx::query(&format!("ANALYZE {}", TABLES.join(", "))).execute(&pool).await.unwrap();
+    hot_paths(1).await;
+    // The tables grow to 100,000 rows each, with no ANALYZE.
+    for grow in [
+        "INSERT INTO events (event_id, stream_id, version, event_type, data)
+           SELECT gen_random_uuid(), 'bulk-' || (g / 10), g % 10 + 1, 'Bulk', '{\"n\": 1}' FROM generate_series(0, 99999) g",
+        "INSERT INTO streams (stream_id) SELECT DISTINCT 'bulk-' || (g / 10) FROM generate_series(0, 99999) g",
+        "INSERT INTO outbox (topic, msg_key, payload, published_at)
+           SELECT 't', 'k' || g, '\\x7b7d', now() FROM generate_series(1, 100000) g",
+        "INSERT INTO timers (timer_key, due_at) SELECT 'bulk-' || g, now() + interval '1 hour' FROM generate_series(1, 100000) g",
+        "INSERT INTO processed_messages (consumer, message_id) SELECT 'bulk', 'm' || g FROM generate_series(1, 100000) g",
+        "INSERT INTO saga_index (saga_id, definition, definition_version, status, started_us, progress_us)
+           SELECT gen_random_uuid(), 'bulk', 1, CASE WHEN g % 100 = 0 THEN 'RUNNING' ELSE 'COMPLETED' END, g, g
+             FROM generate_series(1, 100000) g",
+    ] {
+        sqlx::query(grow).execute(&pool).await.unwrap();
+    }
+    let before = seq_scans().await;
+    hot_paths(2).await;
+    let after = seq_scans().await;
+    let scanned: Vec<_> = before.iter().zip(&after).filter(|(b, a)| a.1 > b.1).map(|(b, a)| (b.0, a.1 - b.1)).collect();
+    assert!(scanned.is_empty(), "hot statements scanned whole tables of 100,000 rows: {scanned:?}");
+}

@@ -92,4 +92,5 @@ fn finish(router: Router<AppState>, state: &AppState) -> Router<AppState> {
                 .make_span_with(crate::telemetry::http_span)
                 .on_response(crate::telemetry::record_status),
         )
+        .layer(middleware::from_fn_with_state(state.limits.linger.clone(), crate::lingering::linger))
 }

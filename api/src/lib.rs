@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod limits;
+pub mod lingering;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

@@ -17,6 +17,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{ApiError, ApiResult};
+use crate::lingering::Linger;
 use crate::state::AppState;
 
 /// Bounds that keep one process's memory and time in hand whatever its clients do.
@@ -30,6 +31,8 @@ pub struct Limits {
     pub body_bytes: usize,
     /// Writes per caller; `None`: unlimited.
     pub writes: Option<Arc<WriteLimit>>,
+    /// How much of a body left unread is discarded before its connection closes.
+    pub linger: Linger,
 }
 
 /// A token bucket per caller for writes: by the token's `sub` when requests are
@@ -77,6 +80,7 @@ impl Limits {
             request_timeout,
             body_bytes,
             writes: None,
+            linger: Linger::default(),
         }
     }
 

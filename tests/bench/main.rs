@@ -7,6 +7,8 @@
 //! - `sagas`: order sagas over HTTP against the real binary, PostgreSQL + Kafka and
 //!   embedded: one saga alone, then rising fixed rates until p99 POST → terminal ≥ 250 ms;
 //! - `retention`: batched deletes on millions of rows;
+//! - `growth`: one saga's statements on a database of 0, 100,000 and 1,000,000 events, on
+//!   connections that planned them while the tables were small;
 //! - `index`: filtered pages of a saga index of 1,000,000 sagas (`BENCH_INDEX_SAGAS`);
 //! - `edges`: reads and appends over HTTP with authentication and the rate limit on, beside
 //!   the same with them off.
@@ -31,6 +33,7 @@ mod replay;
 mod retention;
 mod saga_index;
 mod stats;
+mod table_growth;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -164,6 +167,13 @@ async fn index_section(url: &str) {
     let pool = PgPoolOptions::new().max_connections(2).connect(&db_url).await.unwrap();
     saga_index::saga_index(store, pool.clone(), env_u64("BENCH_INDEX_SAGAS", 1_000_000)).await;
     pool.close().await;
+    drop_database(url, &db).await;
+}
+
+async fn growth_section(url: &str) {
+    let (store, db, db_url) = fresh_postgres(url).await.expect("a bench database on DATABASE_URL");
+    drop(store);
+    table_growth::table_growth(&db_url).await;
     drop_database(url, &db).await;
 }
 
@@ -318,7 +328,9 @@ async fn main() {
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect("KAFKA_BOOTSTRAP_SERVERS");
     let mut sections: Vec<String> = std::env::args().skip(1).collect();
     if sections.is_empty() {
-        sections = ["appends", "replay", "broker", "sagas", "retention", "index", "edges"].map(String::from).to_vec();
+        sections = ["appends", "replay", "broker", "sagas", "retention", "index", "growth", "edges"]
+            .map(String::from)
+            .to_vec();
     }
     let mut broker_bound = None;
     for section in &sections {
@@ -329,8 +341,11 @@ async fn main() {
             "sagas" => sagas_section(&url, &bootstrap, broker_bound).await,
             "retention" => retention::retention(&url, 2_000_000).await,
             "index" => index_section(&url).await,
+            "growth" => growth_section(&url).await,
             "edges" => edges::edges(&sagaflow_binary(), &bench_logs(), env_u64("BENCH_SECONDS", 3)).await,
-            other => eprintln!("unknown section '{other}' (appends, replay, broker, sagas, retention, index, edges)"),
+            other => {
+                eprintln!("unknown section '{other}' (appends, replay, broker, sagas, retention, index, growth, edges)")
+            }
         }
     }
     println!("bench peak RSS {:.1} MiB", peak_rss_mib_of(std::process::id()));

@@ -44,6 +44,21 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/pos
 /// Connections of a store made by [`PgEventStore::connect`].
 pub const DEFAULT_POOL_SIZE: u32 = 20;
 
+/// Settings of every connection the store opens.
+///
+/// - `plan_cache_mode=force_generic_plan`: each statement is planned once per connection and
+///   the plan reused (see `commit.sql`); planning the commit statement on every call cost more
+///   than running it.
+/// - `enable_seqscan=off`: a cached plan is made from the statistics of the moment and kept
+///   until they change. Planned while a table is small (a new deployment, an outbox that
+///   retention emptied, statistics autovacuum took of a nearly empty table), a statement
+///   would scan the whole table on every call as it grows, until autovacuum comes back (a
+///   minute and a half on a new database, longer for a slowly growing table). Every hot
+///   statement has an index that serves it, so with sequential scans priced out their cost
+///   follows the rows they touch, not the size of the table when the connection planned them.
+///   A statement with no index to use still scans.
+pub const SESSION_SETTINGS: [(&str, &str); 2] = [("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")];
+
 /// Event store on PostgreSQL.
 #[derive(Clone)]
 pub struct PgEventStore {
@@ -61,11 +76,9 @@ impl PgEventStore {
 
     /// Like [`PgEventStore::connect`], with at most `max_connections` connections.
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self> {
-        // Plans are cached per connection and reused (see `commit.sql`): planning the commit
-        // statement on every call cost more than running it. A short acquire timeout: with
-        // the database down, an HTTP request gets its 503 within seconds instead of hanging;
-        // background work retries anyway.
-        let options = url.parse::<PgConnectOptions>()?.options([("plan_cache_mode", "force_generic_plan")]);
+        let options = url.parse::<PgConnectOptions>()?.options(SESSION_SETTINGS);
+        // A short acquire timeout: with the database down, an HTTP request gets its 503 within
+        // seconds instead of hanging; background work retries anyway.
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
