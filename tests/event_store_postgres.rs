@@ -165,12 +165,9 @@ async fn hot_statements_use_indexes_however_small_the_tables_were_when_planned(p
     use serde_json::json;
     use uuid::Uuid;
 
-    const TABLES: [&str; 5] = ["events", "outbox", "timers", "processed_messages", "saga_index"];
-    // Autovacuum would re-plan every connection once it analyzed a grown table: keep it out,
-    // as on a new deployment in its first minute, or on a table it has not come back to.
-    for table in TABLES {
-        sqlx::query(&format!("ALTER TABLE {table} SET (autovacuum_enabled = off)")).execute(&pool).await.unwrap();
-    }
+    use sagaflow_tests::hot_tables::{keep_autovacuum_off, HOT_TABLES as TABLES};
+
+    keep_autovacuum_off(&pool).await;
     // Two connections: the commit listener holds one, so every hot statement is planned and
     // cached on the other, the backend whose scans are flushed and counted.
     let url = sagaflow_tests::process::database_url_of(&pool).await;
@@ -249,20 +246,7 @@ async fn hot_statements_use_indexes_however_small_the_tables_were_when_planned(p
     sqlx::query(&format!("ANALYZE {}", TABLES.join(", "))).execute(&pool).await.unwrap();
     hot_paths(1).await;
     // The tables grow to 100,000 rows each, with no ANALYZE.
-    for grow in [
-        "INSERT INTO events (event_id, stream_id, version, event_type, data)
-           SELECT gen_random_uuid(), 'bulk-' || (g / 10), g % 10 + 1, 'Bulk', '{\"n\": 1}' FROM generate_series(0, 99999) g",
-        "INSERT INTO streams (stream_id) SELECT DISTINCT 'bulk-' || (g / 10) FROM generate_series(0, 99999) g",
-        "INSERT INTO outbox (topic, msg_key, payload, published_at)
-           SELECT 't', 'k' || g, '\\x7b7d', now() FROM generate_series(1, 100000) g",
-        "INSERT INTO timers (timer_key, due_at) SELECT 'bulk-' || g, now() + interval '1 hour' FROM generate_series(1, 100000) g",
-        "INSERT INTO processed_messages (consumer, message_id) SELECT 'bulk', 'm' || g FROM generate_series(1, 100000) g",
-        "INSERT INTO saga_index (saga_id, definition, definition_version, status, started_us, progress_us)
-           SELECT gen_random_uuid(), 'bulk', 1, CASE WHEN g % 100 = 0 THEN 'RUNNING' ELSE 'COMPLETED' END, g, g
-             FROM generate_series(1, 100000) g",
-    ] {
-        sqlx::query(grow).execute(&pool).await.unwrap();
-    }
+    sagaflow_tests::hot_tables::grow(&pool, 0, 100_000).await;
     let before = seq_scans().await;
     hot_paths(2).await;
     let after = seq_scans().await;

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::stats::thousands;
 
-const TABLES: [&str; 5] = ["events", "outbox", "timers", "processed_messages", "saga_index"];
+use sagaflow_tests::hot_tables::HOT_TABLES as TABLES;
 /// Sagas' statements per measurement.
 const SAGAS: usize = 200;
 
@@ -148,21 +148,7 @@ async fn grow_to(admin: &PgPool, rows: i64) {
     if to <= from {
         return;
     }
-    for sql in [
-        "INSERT INTO events (event_id, stream_id, version, event_type, data)
-           SELECT gen_random_uuid(), 'bulk-' || (g / 10), g % 10 + 1, 'Bulk', '{\"pad\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}'
-             FROM generate_series($1 + 1000000000, $2 + 1000000000 - 1) g",
-        "INSERT INTO streams (stream_id) SELECT DISTINCT 'bulk-' || (g / 10)
-             FROM generate_series($1 + 1000000000, $2 + 1000000000 - 1) g ON CONFLICT DO NOTHING",
-        "INSERT INTO outbox (topic, msg_key, payload, published_at) SELECT 't', 'k' || g, '\\x7b7d', now()
-             FROM generate_series($1, $2 - 1) g",
-        "INSERT INTO timers (timer_key, due_at) SELECT 'bulk-' || g, now() + interval '1 day' FROM generate_series($1, $2 - 1) g",
-        "INSERT INTO processed_messages (consumer, message_id) SELECT 'bulk', 'm' || g FROM generate_series($1, $2 - 1) g",
-        "INSERT INTO saga_index (saga_id, definition, definition_version, status, started_us, progress_us)
-           SELECT gen_random_uuid(), 'bulk', 1, 'COMPLETED', g, g FROM generate_series($1, $2 - 1) g",
-    ] {
-        sqlx::query(sql).bind(from).bind(to).execute(admin).await.unwrap();
-    }
+    sagaflow_tests::hot_tables::grow(admin, from, to).await;
 }
 
 /// Prints the cost per saga at 0, 100,000 and 1,000,000 rows, ours beside generic plans alone.
@@ -170,9 +156,7 @@ pub async fn table_growth(db_url: &str) {
     let admin = PgPoolOptions::new().max_connections(1).connect(db_url).await.unwrap();
     // Two connections each: the commit listener holds one, the statements run on the other.
     let ours = PgEventStore::connect_with(db_url, 2).await.unwrap();
-    for table in TABLES {
-        sqlx::query(&format!("ALTER TABLE {table} SET (autovacuum_enabled = off)")).execute(&admin).await.unwrap();
-    }
+    sagaflow_tests::hot_tables::keep_autovacuum_off(&admin).await;
     let generic_only: PgConnectOptions =
         db_url.parse::<PgConnectOptions>().unwrap().options([("plan_cache_mode", "force_generic_plan")]);
     let pool = PgPoolOptions::new().max_connections(2).connect_with(generic_only).await.unwrap();

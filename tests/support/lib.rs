@@ -6,6 +6,7 @@
 
 pub mod contract;
 pub mod external;
+pub mod hot_tables;
 pub mod http;
 pub mod otlp;
 pub mod process;
