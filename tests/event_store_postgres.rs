@@ -21,14 +21,58 @@ on_postgres!(
     catch_up_then_live_subscription_delivers_every_event_once_in_order,
     long_streams_read_as_an_async_stream_in_pages,
     snapshot_plus_tail_equals_full_replay,
-    outbox_is_claimed_in_order_and_each_message_once_with_two_relays,
-    expired_outbox_lease_is_claimed_again,
+    one_relay_at_a_time_reads_the_outbox_in_commit_order_from_its_checkpoint,
+    a_relay_reading_while_writers_commit_sees_every_message_once,
     a_renewed_lease_outlives_its_first_term_and_a_dead_one_passes_on,
     retention_deletes_old_published_rows_and_dedup_records_in_batches,
     processed_message_record_makes_a_redelivered_effect_a_no_op,
     timers_are_stored_replaced_and_cancelled_with_commits,
     streams_are_listed_by_prefix,
 );
+
+/// The outbox is read with the same transaction horizon as `$all`: a message whose transaction
+/// took its id first but commits last is read before the ones after it, never skipped.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_relay_never_passes_a_message_whose_transaction_commits_late(pool: PgPool) {
+    use std::time::Duration;
+
+    use event_store::postgres::PgEventStore;
+    use event_store::{Commit, EventStore, OutgoingMessage};
+
+    let store = PgEventStore::from_pool(pool.clone()).await.unwrap();
+    let message = |text: &str| {
+        Commit::default().with_message(OutgoingMessage {
+            topic: "t".into(),
+            key: "k".into(),
+            payload: text.as_bytes().to_vec(),
+            headers: Default::default(),
+        })
+    };
+    let lease = Duration::from_secs(30);
+    let start = store.hold_outbox("relay", lease).await.unwrap().unwrap();
+    let mut late = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()").execute(&mut *late).await.unwrap();
+    store.commit_within(&mut late, &message("late")).await.unwrap();
+    store.commit(message("early")).await.unwrap();
+    assert!(
+        store.read_outbox(start, 10).await.unwrap().is_empty(),
+        "\"early\" waits behind the older transaction still open"
+    );
+    late.commit().await.unwrap();
+    // Tests beside this one may hold older transactions of their own a little longer.
+    let mut read = Vec::new();
+    for _ in 0..500 {
+        read = store.read_outbox(start, 10).await.unwrap();
+        if read.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let texts: Vec<_> = read.iter().map(|m| String::from_utf8_lossy(&m.message.payload).into_owned()).collect();
+    assert_eq!(texts, ["late", "early"], "in the order of the transactions' ids");
+    assert!(store.advance_outbox("relay", read[1].position(), lease).await.unwrap());
+    assert_eq!(store.outbox_pending().await.unwrap(), 0);
+}
 
 /// Gap safety without a global lock: 32 writers take their positions, then hold their
 /// transactions open for a random while (some roll back), so transactions commit in every
@@ -195,10 +239,11 @@ async fn hot_statements_use_indexes_however_small_the_tables_were_when_planned(p
                 store.commit(next).await.unwrap();
                 assert_eq!(store.read_stream(&stream, 1, 10).await.unwrap().len(), 2);
                 assert_eq!(store.stream_version(&stream).await.unwrap(), Some(2));
-                let claimed = store.claim_outbox("hot-relay", 10, Duration::from_secs(30)).await.unwrap();
-                let ids: Vec<u64> = claimed.iter().map(|m| m.id).collect();
-                store.renew_claims("hot-relay", &ids, Duration::from_secs(30)).await.unwrap();
-                store.mark_published("hot-relay", &ids).await.unwrap();
+                let lease = Duration::from_secs(30);
+                let at = store.hold_outbox("hot-relay", lease).await.unwrap().expect("one relay here");
+                if let Some(last) = store.read_outbox(at, 10).await.unwrap().last() {
+                    assert!(store.advance_outbox("hot-relay", last.position(), lease).await.unwrap());
+                }
                 store.due_timers(Utc::now(), 10).await.unwrap();
                 store.outbox_pending().await.unwrap();
                 let from = index.checkpoint().await.unwrap();

@@ -30,7 +30,7 @@ pub enum Error {
     Invalid(String),
     /// An operator's action on a saga was refused.
     #[error(transparent)]
-    ActionRefused(#[from] crate::operator_actions::ActionRefused),
+    ActionRefused(#[from] ActionRefused),
     /// Input that breaks several rules; every one is listed.
     #[error("invalid {what}: {}", .problems.join("; "))]
     InvalidInput { what: &'static str, problems: Vec<String> },
@@ -55,6 +55,18 @@ impl Error {
             | Self::InvalidInput { .. } => false,
         }
     }
+}
+
+/// Why an operator's action on a saga was not taken. It is defined here, under the operator
+/// actions that refuse with it, so that [`Error`] needs nothing from them; they re-export it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionRefused {
+    /// The saga is not in a state that allows the action.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// The action's input is wrong.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Result alias of the engine.

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+pub use crate::error::ActionRefused;
 use crate::saga::{Decision, Gate, NoGate, Phase, Resolution, SagaEvent, SagaState, SagaStatus, StepStatus};
 
 /// An operator's action on one saga.
@@ -24,17 +25,6 @@ pub enum OperatorAction {
 pub struct Actor {
     pub name: String,
     pub reason: String,
-}
-
-/// Why an action was not taken.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ActionRefused {
-    /// The saga is not in a state that allows the action.
-    #[error("{0}")]
-    NotAllowed(String),
-    /// The action's input is wrong.
-    #[error("{0}")]
-    Invalid(String),
 }
 
 impl SagaState {
@@ -207,5 +197,112 @@ impl SagaState {
         });
         d.begin_compensation(index, format!("aborted by {} at step '{step}': {}", actor.name, actor.reason));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::saga::test_support::{secs, step, Saga};
+
+    fn by() -> Actor {
+        Actor { name: "ops@example".into(), reason: "fixed the cause".into() }
+    }
+
+    impl Saga {
+        fn operator(&mut self, action: &OperatorAction) -> Result<Vec<&'static str>, ActionRefused> {
+            let events = self.state.on_operator(action, &by(), secs(100))?;
+            Ok(self.record(events))
+        }
+    }
+
+    fn resolve(step: &str, outcome: Resolution, output: Value) -> OperatorAction {
+        OperatorAction::Resolve { step: step.into(), outcome, output }
+    }
+
+    /// a → pivot (timed out: outcome unknown) → FAILED.
+    fn unknown_pivot() -> Saga {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("pivot", None, 1), step("c", None, 1)]);
+        saga.ok(json!({}));
+        assert_eq!(saga.timer(5), ["StepTimedOut", "SagaFailed"]);
+        saga
+    }
+
+    #[test]
+    fn retry_gives_the_failed_step_a_new_attempt_and_the_saga_goes_on() {
+        let mut saga = unknown_pivot();
+        assert_eq!(saga.operator(&OperatorAction::Retry).unwrap(), ["OperatorRetried", "StepCommandSent"]);
+        assert_eq!((saga.state.status, saga.state.reason.as_deref()), (SagaStatus::Running, None));
+        assert_eq!(saga.pending_id(), "00000000-0000-0000-0000-000000000000/pivot/do/2");
+        assert_eq!(saga.ok(json!({})), ["StepSucceeded", "StepCommandSent"]);
+        assert_eq!(saga.ok(json!({})), ["StepSucceeded", "SagaCompleted"]);
+    }
+
+    #[test]
+    fn retry_of_a_compensation_that_gave_up_resumes_compensating() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("b", Some("UndoB"), 1)]);
+        saga.ok(json!({}));
+        saga.fail("declined", false);
+        assert_eq!(saga.fail("db down", true), ["CompensationFailed", "SagaFailed"]);
+        assert_eq!(saga.operator(&OperatorAction::Retry).unwrap(), ["OperatorRetried", "CompensationSent"]);
+        assert_eq!(saga.state.status, SagaStatus::Compensating);
+        assert!(saga.pending_id().ends_with("/a/undo/2"), "{}", saga.pending_id());
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
+    }
+
+    #[test]
+    fn an_unknown_pivot_resolved_as_succeeded_goes_forward_with_its_output() {
+        let mut saga = unknown_pivot();
+        let events = saga.operator(&resolve("pivot", Resolution::Succeeded, json!({"ref": "T-1"}))).unwrap();
+        assert_eq!(events, ["OperatorResolved", "StepCommandSent"]);
+        assert_eq!(saga.state.context["ref"], "T-1", "the output joins the context");
+        assert_eq!(saga.state.steps[1].status, StepStatus::Succeeded);
+        assert_eq!(saga.ok(json!({})), ["StepSucceeded", "SagaCompleted"]);
+    }
+
+    #[test]
+    fn an_unknown_pivot_resolved_as_compensated_undoes_the_steps_before_it() {
+        let mut saga = unknown_pivot();
+        let events = saga.operator(&resolve("pivot", Resolution::Compensated, Value::Null)).unwrap();
+        assert_eq!(events, ["OperatorResolved", "CompensationStarted", "CompensationSent"]);
+        assert!(saga.state.reason.as_deref().unwrap().contains("resolved as compensated by ops@example"));
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
+    }
+
+    #[test]
+    fn abort_compensates_now_including_the_step_in_flight() {
+        let mut saga = Saga::start(vec![step("a", Some("UndoA"), 1), step("b", Some("UndoB"), 1), step("p", None, 1)]);
+        saga.ok(json!({}));
+        let events = saga.operator(&OperatorAction::Abort).unwrap();
+        assert_eq!(events, ["OperatorAborted", "CompensationStarted", "CompensationSent"]);
+        assert!(saga.pending_id().ends_with("/b/undo/1"), "the in-flight step may land: undone first");
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "CompensationSent"]);
+        assert_eq!(saga.ok(json!({})), ["StepCompensated", "SagaCompensated"]);
+        assert!(saga.state.reason.as_deref().unwrap().starts_with("aborted by ops@example at step 'b'"));
+    }
+
+    #[test]
+    fn actions_that_the_state_does_not_allow_are_refused() {
+        let mut running = Saga::start(vec![step("a", Some("UndoA"), 1), step("p", None, 1), step("c", None, 1)]);
+        let not_allowed = |r: Result<Vec<&str>, ActionRefused>| matches!(r, Err(ActionRefused::NotAllowed(_)));
+        let invalid = |r: Result<Vec<&str>, ActionRefused>| matches!(r, Err(ActionRefused::Invalid(_)));
+        assert!(not_allowed(running.operator(&OperatorAction::Retry)), "only FAILED sagas are retried");
+        assert!(not_allowed(running.operator(&resolve("p", Resolution::Succeeded, Value::Null))), "not its step");
+        assert!(invalid(running.operator(&resolve("zz", Resolution::Succeeded, Value::Null))));
+        assert!(invalid(running.operator(&resolve("a", Resolution::Succeeded, json!([1])))));
+        running.ok(json!({}));
+        assert!(not_allowed(running.operator(&OperatorAction::Abort)), "the pivot is in flight");
+        running.ok(json!({}));
+        assert!(not_allowed(running.operator(&OperatorAction::Abort)), "past the pivot");
+        assert!(invalid(running.operator(&resolve("c", Resolution::Compensated, Value::Null))), "after the pivot");
+        running.ok(json!({}));
+        assert!(not_allowed(running.operator(&OperatorAction::Abort)), "completed");
+        let empty = Actor { name: "x".into(), reason: " ".into() };
+        assert!(matches!(
+            unknown_pivot().state.on_operator(&OperatorAction::Retry, &empty, secs(0)),
+            Err(ActionRefused::Invalid(_))
+        ));
     }
 }

@@ -1,13 +1,15 @@
-//! The outbox relay: publishes committed outbox messages to the transport, in order,
-//! and marks them published. Several relays may run; leases keep them from publishing
-//! the same message at the same time.
+//! The outbox relay: reads committed outbox messages in outbox order, publishes them to the
+//! transport, and records once per batch how far it has published. One relay holds the outbox
+//! at a time, by a lease it renews while it lives; the others stand by and take over when a
+//! lease runs out. A message is never updated when published: the relay's position says what
+//! is published, and retention deletes published rows later, in bulk.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_store::{EventStore, OutboxMessage, OutgoingMessage};
+use event_store::{EventStore, OutboxMessage, OutboxPosition, OutgoingMessage};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::storable;
@@ -16,12 +18,12 @@ use crate::error::{Error, Result};
 use crate::trace_context;
 use crate::transport::Transport;
 
-/// How long a claim on outbox messages lasts unless renewed; the relay renews its claims
-/// every third of it while it works, so a crashed relay's claims pass to another in seconds.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+// The default lives with the transport, whose `relay_pipeline` falls back on it.
+pub use crate::transport::DEFAULT_PIPELINE;
 
-/// Batches a relay has in flight at once, by default.
-pub const DEFAULT_PIPELINE: usize = 4;
+/// How long a relay holds the outbox unless it renews its lease; it renews every third of it,
+/// so a crashed relay's outbox passes to another within seconds.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// How long a stopping relay tries to publish what is left.
 const FLUSH_ON_STOP: Duration = Duration::from_secs(5);
@@ -38,14 +40,17 @@ pub struct OutboxRelay {
     pipeline: usize,
 }
 
+/// A batch in flight: where it ends, and how its publishing went.
+type Published = (OutboxPosition, Result<()>);
+
 impl OutboxRelay {
-    /// A relay with a unique id, batches of 200 and [`DEFAULT_LEASE`].
+    /// A relay with a unique id, batches of 500 and [`DEFAULT_LEASE`].
     pub fn new(store: Arc<dyn EventStore>, transport: Arc<dyn Transport>) -> Self {
         Self {
             store,
             transport,
             relay_id: format!("relay-{}", uuid::Uuid::now_v7()),
-            batch: 200,
+            batch: 500,
             lease: DEFAULT_LEASE,
             idle_poll: Duration::from_millis(250),
             dead_letter_topic: None,
@@ -54,14 +59,14 @@ impl OutboxRelay {
     }
 
     /// Uses a stable relay id. Only for a relay that is alone on its store (the embedded
-    /// mode): after a crash, its successor takes over its claims at once.
+    /// mode): after a crash, its successor takes the outbox over at once.
     #[must_use]
     pub fn with_id(mut self, relay_id: String) -> Self {
         self.relay_id = relay_id;
         self
     }
 
-    /// Uses another lease (renewed every third of it while the relay works).
+    /// Uses another lease (renewed every third of it while the relay lives).
     #[must_use]
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
@@ -82,71 +87,32 @@ impl OutboxRelay {
         self
     }
 
-    /// Publishes one batch; returns how many messages it published.
-    pub async fn publish_batch(&self) -> Result<usize> {
-        let mut claimed = self.store.claim_outbox(&self.relay_id, self.batch, self.lease).await?;
-        let ids = ids_of(&claimed);
-        self.holding_lease(&ids, self.publish_claimed(&mut claimed)).await
-    }
-
-    /// Runs `work` while renewing this relay's claims on `ids`, so that they outlive a slow
-    /// publish but not a crash.
-    async fn holding_lease<T>(&self, ids: &[u64], work: impl Future<Output = T>) -> T {
-        tokio::pin!(work);
-        let mut renew = tokio::time::interval(self.lease / 3);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        renew.tick().await;
-        loop {
-            tokio::select! {
-                out = &mut work => return out,
-                _ = renew.tick() => {
-                    if let Err(err) = self.store.renew_claims(&self.relay_id, ids, self.lease).await {
-                        tracing::warn!(relay = %self.relay_id, error = %err, "cannot renew outbox claims");
-                    }
-                }
-            }
-        }
-    }
-
-    /// Before a failed batch is tried again: renews its claims, and drops the batch when any
-    /// was lost meanwhile (its lease ran out and another relay may be publishing it), so that
-    /// two relays never publish the same rows at once. What is still ours is claimed again.
-    async fn still_holding(&self, retained: &mut Vec<OutboxMessage>) -> Result<()> {
-        let ids = ids_of(retained);
-        let renewed = self.store.renew_claims(&self.relay_id, &ids, self.lease).await?;
-        if renewed < ids.len() as u64 {
-            tracing::warn!(relay = %self.relay_id, held = renewed, batch = ids.len(), "outbox claims lapsed; claiming afresh");
-            retained.clear();
-        }
-        Ok(())
-    }
-
-    /// Publishes `claimed` and marks it published; returns how many it is done with. A message
-    /// the transport refuses for good is dead-lettered (see [`Self::dead_letter`]) and the rest
-    /// go on; any other failure leaves `claimed` as it is, to be tried again.
-    async fn publish_claimed(&self, claimed: &mut Vec<OutboxMessage>) -> Result<usize> {
-        let mut published = 0;
-        while !claimed.is_empty() {
-            let mut messages: Vec<_> = claimed.iter().map(|m| m.message.clone()).collect();
+    /// Publishes `batch`. A message the transport refuses for good is dead-lettered (see
+    /// [`Self::dead_letter`]) and the rest go on; any other failure fails the batch, to be read
+    /// and published again.
+    async fn publish(&self, mut batch: Vec<OutboxMessage>) -> Result<()> {
+        while !batch.is_empty() {
+            let mut messages: Vec<_> = batch.iter().map(|m| m.message.clone()).collect();
             // Each message's publish span ends when the batch is published.
             let _spans: Vec<_> =
                 messages.iter_mut().filter_map(|m| trace_context::publish_span(&m.topic, &mut m.headers)).collect();
             match self.transport.publish(&messages).await {
-                Ok(()) => {
-                    let ids = ids_of(claimed);
-                    self.store.mark_published(&self.relay_id, &ids).await?;
-                    published += ids.len();
-                    claimed.clear();
-                }
-                Err(Error::Unpublishable { index, reason }) if index < claimed.len() => {
-                    self.dead_letter(&claimed[index], &reason).await?;
-                    claimed.remove(index);
-                    published += 1;
+                Ok(()) => return Ok(()),
+                Err(Error::Unpublishable { index, reason }) if index < batch.len() => {
+                    self.dead_letter(&batch[index], &reason).await?;
+                    // What came before it was not published either: send it again with the rest.
+                    batch.remove(index);
                 }
                 Err(err) => return Err(err),
             }
         }
-        Ok(published)
+        Ok(())
+    }
+
+    /// A batch and where it ends, as a future for the pipeline.
+    async fn publish_owned(&self, batch: Vec<OutboxMessage>) -> Published {
+        let end = batch.last().map(OutboxMessage::position).unwrap_or_default();
+        (end, self.publish(batch).await)
     }
 
     /// Reports a message the transport refuses for good on the dead-letter topic (an empty
@@ -179,87 +145,83 @@ impl OutboxRelay {
                 Err(err) => return Err(err),
             }
         }
-        self.store.mark_dead_lettered(&self.relay_id, message.id, &storable(reason)).await?;
+        self.store.mark_dead_lettered(message.id, &storable(reason)).await?;
         Ok(())
     }
 
-    /// Publishes until the outbox is empty (or an error stops it).
+    /// Publishes until the outbox is empty (or an error stops it), one batch at a time; returns
+    /// how many messages it published. Publishes nothing while another relay holds the outbox.
     pub async fn flush(&self) -> Result<usize> {
+        let Some(mut published) = self.store.hold_outbox(&self.relay_id, self.lease).await? else {
+            return Ok(0);
+        };
         let mut total = 0;
         loop {
-            let n = self.publish_batch().await?;
-            total += n;
-            if n == 0 {
+            let batch = self.store.read_outbox(published, self.batch).await?;
+            let Some(end) = batch.last().map(OutboxMessage::position) else { return Ok(total) };
+            total += batch.len();
+            self.publish(batch).await?;
+            if !self.store.advance_outbox(&self.relay_id, end, self.lease).await? {
                 return Ok(total);
             }
+            published = end;
         }
     }
 
-    /// Publishes a batch that failed before, if it is still ours (see [`Self::still_holding`]).
-    async fn retry(&self, unpublished: &mut Vec<OutboxMessage>) -> Result<usize> {
-        self.still_holding(unpublished).await?;
-        let ids = ids_of(unpublished);
-        self.holding_lease(&ids, self.publish_claimed(unpublished)).await
-    }
-
-    /// Publishes `batch` (claimed), holding its lease; gives back its ids and what is left
-    /// of it.
-    async fn publish_owned(&self, mut batch: Vec<OutboxMessage>) -> (Vec<u64>, Vec<OutboxMessage>, Result<usize>) {
-        let ids = ids_of(&batch);
-        let result = self.holding_lease(&ids, self.publish_claimed(&mut batch)).await;
-        (ids, batch, result)
-    }
-
-    /// Runs until cancelled, then flushes what is left. Up to [`Self::with_pipeline`] batches are in
-    /// flight at once: the next is claimed (besides the ids in flight) and handed to
-    /// the transport while the broker acknowledges the earlier ones. The producer keeps the
-    /// order within a partition, and refuses to leave a gap (it fails the rest instead), so
-    /// batches complete in order; a failed batch, and whatever was in flight behind it, is
-    /// retried before anything newer is claimed, so one saga's messages keep their order.
+    /// Runs until cancelled, then flushes what is left. While it holds the outbox, up to
+    /// [`Self::with_pipeline`] batches are in flight at once: the next is read while the broker
+    /// acknowledges the earlier ones. The producer keeps the order within a partition and
+    /// refuses to leave a gap (it fails the rest instead), so batches complete in order, and
+    /// the position recorded after a batch covers only batches that are published. After a
+    /// failure, what is in flight finishes and the relay reads again from the position it
+    /// recorded: one saga's messages keep their order (a message published twice is dropped by
+    /// its consumer).
     pub async fn run(self, cancel: CancellationToken) {
+        tracing::info!(relay = %self.relay_id, transport = self.transport.name(), "outbox relay started");
         let mut changes = self.store.changes();
         let mut failures = 0_u32;
-        tracing::info!(relay = %self.relay_id, transport = self.transport.name(), "outbox relay started");
-        let mut unpublished: Vec<OutboxMessage> = Vec::new();
+        // Where the outbox is published up to, while this relay holds it; and how far it read.
+        let mut held: Option<OutboxPosition> = None;
+        let mut read_to = OutboxPosition::START;
         let mut in_flight = futures::stream::FuturesOrdered::new();
-        let mut in_flight_ids: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        let mut renew = tokio::time::interval(self.lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             changes.borrow_and_update();
-            if !unpublished.is_empty() {
-                // Only with nothing in flight: retry what failed, oldest first.
-                let result = tokio::select! {
-                    () = cancel.cancelled() => break,
-                    result = self.retry(&mut unpublished) => result,
-                };
-                match result {
-                    Ok(_) => failures = 0,
+            let Some(published) = held else {
+                match self.store.hold_outbox(&self.relay_id, self.lease).await {
+                    Ok(Some(position)) => {
+                        tracing::info!(relay = %self.relay_id, %position, "outbox relay holds the outbox");
+                        (held, read_to, failures) = (Some(position), position, 0);
+                        renew.reset();
+                        continue;
+                    }
+                    Ok(None) => {}
                     Err(err) => {
-                        failures = failures.saturating_add(1);
-                        tracing::warn!(relay = %self.relay_id, error = %err, failures, "outbox relay could not publish; will retry");
-                        let backoff = Duration::from_millis(200 * u64::from(failures.min(15)));
-                        tokio::select! {
-                            () = cancel.cancelled() => break,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
+                        tracing::warn!(relay = %self.relay_id, error = %err, "cannot take the outbox; will retry")
                     }
                 }
-                continue;
-            }
-            if in_flight.len() < self.pipeline {
-                let besides: Vec<u64> = in_flight_ids.iter().copied().collect();
-                let claimed = tokio::select! {
+                // Another relay holds it: stand by, and try again within a lease.
+                tokio::select! {
                     () = cancel.cancelled() => break,
-                    claimed = self.store.claim_outbox_besides(&self.relay_id, &besides, self.batch, self.lease) => claimed,
+                    _ = renew.tick() => {}
+                }
+                continue;
+            };
+            if in_flight.len() < self.pipeline && failures == 0 {
+                let read = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    read = self.store.read_outbox(read_to, self.batch) => read,
                 };
-                match claimed {
+                match read {
                     Ok(batch) if !batch.is_empty() => {
-                        in_flight_ids.extend(batch.iter().map(|m| m.id));
+                        read_to = batch.last().map_or(read_to, OutboxMessage::position);
                         in_flight.push_back(self.publish_owned(batch));
                         continue;
                     }
                     Ok(_) => {}
                     Err(err) => {
-                        tracing::warn!(relay = %self.relay_id, error = %err, "cannot claim outbox messages; will retry");
+                        tracing::warn!(relay = %self.relay_id, error = %err, "cannot read the outbox; will retry");
                         failures = failures.saturating_add(1);
                     }
                 }
@@ -274,28 +236,55 @@ impl OutboxRelay {
                     () = cancel.cancelled() => break,
                     _ = changes.changed() => {}
                     () = tokio::time::sleep(wait) => {}
+                    _ = renew.tick() => held = self.renew(published).await,
+                }
+                // A failed read or batch is tried again after its backoff.
+                if failures > 0 && in_flight.is_empty() {
+                    failures = 0;
                 }
                 continue;
             }
             let done = tokio::select! {
                 () = cancel.cancelled() => break,
-                done = futures::StreamExt::next(&mut in_flight) => done,
-            };
-            let Some((ids, rest, result)) = done else { continue };
-            for id in &ids {
-                in_flight_ids.remove(id);
-            }
-            if let Err(err) = result {
-                failures = failures.saturating_add(1);
-                tracing::warn!(relay = %self.relay_id, error = %err, failures, "outbox relay could not publish; will retry");
-                // Let what is behind it finish, and keep everything unpublished, in id order.
-                unpublished = rest;
-                while let Some((_, rest, _)) = futures::StreamExt::next(&mut in_flight).await {
-                    unpublished.extend(rest);
+                _ = renew.tick() => {
+                    held = self.renew(published).await;
+                    if held.is_none() {
+                        in_flight = futures::stream::FuturesOrdered::new();
+                    }
+                    continue;
                 }
-                in_flight_ids.clear();
-                unpublished.sort_by_key(|m| m.id);
-            } else {
+                done = in_flight.next() => done,
+            };
+            let Some((end, result)) = done else { continue };
+            match result {
+                Ok(()) if failures == 0 => match self.store.advance_outbox(&self.relay_id, end, self.lease).await {
+                    Ok(true) => held = Some(end),
+                    Ok(false) => {
+                        tracing::warn!(relay = %self.relay_id, "outbox relay lost the outbox to another relay");
+                        held = None;
+                        in_flight = futures::stream::FuturesOrdered::new();
+                    }
+                    // Published, but not recorded: a later batch's record covers it, or the next
+                    // holder publishes it again.
+                    Err(err) => {
+                        tracing::warn!(relay = %self.relay_id, error = %err, "cannot record the outbox position")
+                    }
+                },
+                // Behind a failed batch: not recorded; read again from the recorded position.
+                Ok(()) => {}
+                Err(err) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(relay = %self.relay_id, error = %err, failures, "outbox relay could not publish; will retry");
+                }
+            }
+            if failures > 0 && in_flight.is_empty() {
+                // Everything in flight is done: read again from what is recorded, after a backoff.
+                read_to = held.unwrap_or(read_to);
+                let backoff = Duration::from_millis(200 * u64::from(failures.min(15)));
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
                 failures = 0;
             }
         }
@@ -311,10 +300,22 @@ impl OutboxRelay {
             }
         }
     }
-}
 
-fn ids_of(messages: &[OutboxMessage]) -> Vec<u64> {
-    messages.iter().map(|m| m.id).collect()
+    /// Renews the lease at the position recorded; `None` when the outbox is no longer this
+    /// relay's. A failure to reach the store keeps it: the lease is renewed at the next tick.
+    async fn renew(&self, published: OutboxPosition) -> Option<OutboxPosition> {
+        match self.store.advance_outbox(&self.relay_id, published, self.lease).await {
+            Ok(true) => Some(published),
+            Ok(false) => {
+                tracing::warn!(relay = %self.relay_id, "outbox relay lost the outbox to another relay");
+                None
+            }
+            Err(err) => {
+                tracing::warn!(relay = %self.relay_id, error = %err, "cannot renew the outbox lease");
+                Some(published)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -413,5 +414,40 @@ mod tests {
         assert_eq!(store.outbox_pending().await.unwrap(), 0);
         let later = chrono::Utc::now() + chrono::Duration::seconds(1);
         assert_eq!(store.delete_published_outbox(later, 10).await.unwrap(), 2, "the refused row is kept");
+    }
+
+    #[tokio::test]
+    async fn two_relays_publish_every_message_once_in_order_and_one_takes_over_from_the_other() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        let transport = Arc::new(Flaky::default());
+        let lease = Duration::from_millis(300);
+        let relay = |id: &str| {
+            OutboxRelay::new(Arc::clone(&store), transport.clone())
+                .with_id(id.into())
+                .with_lease(lease)
+                .with_pipeline(4)
+        };
+        let (first, second) = (CancellationToken::new(), CancellationToken::new());
+        let mut a = Some(tokio::spawn(relay("a").run(first.clone())));
+        let b = tokio::spawn(relay("b").run(second.clone()));
+        for n in 0..100_u8 {
+            store.commit(Commit::default().with_message(message("t", n))).await.unwrap();
+            if n == 50 {
+                // The holder stops; the other takes the outbox when the lease runs out.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                first.cancel();
+                a.take().unwrap().await.unwrap();
+            }
+        }
+        for _ in 0..100 {
+            if store.outbox_pending().await.unwrap() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        second.cancel();
+        b.await.unwrap();
+        let payloads: Vec<u8> = transport.accepted.lock().unwrap().iter().map(|m| m.payload[0]).collect();
+        assert_eq!(payloads, (0..100).collect::<Vec<u8>>(), "each message once, in commit order");
     }
 }

@@ -1,5 +1,5 @@
 //! Retention: deletes, in batches and in the background, what the engine no longer needs:
-//! published outbox rows after [`Retention::outbox`], and processed-message records (the
+//! published outbox rows (at or before the relay's position) after [`Retention::outbox`], and processed-message records (the
 //! deduplication record) after [`Retention::dedup_window`].
 //!
 //! The dedup window must outlast any redelivery: a message is redelivered only while it is
@@ -18,7 +18,8 @@ use crate::error::Result;
 /// How long things are kept, and how the deletes are paced.
 #[derive(Debug, Clone)]
 pub struct Retention {
-    /// Published outbox messages (payloads included) are deleted this long after publishing.
+    /// Published outbox messages (payloads included) are deleted this long after they were
+    /// committed.
     pub outbox: Duration,
     /// Processed-message records are kept this long, so a redelivered message is still
     /// recognised and applied once.
@@ -122,9 +123,11 @@ mod tests {
         for n in 0..7 {
             store.commit(Commit::default().with_message(message()).processing("c", format!("m{n}"))).await.unwrap();
         }
-        let claimed = store.claim_outbox("r", 5, Duration::from_secs(10)).await.unwrap();
-        let ids: Vec<u64> = claimed.iter().map(|m| m.id).collect();
-        store.mark_published("r", &ids).await.unwrap();
+        // The relay published the first 5.
+        let lease = Duration::from_secs(10);
+        let start = store.hold_outbox("r", lease).await.unwrap().unwrap();
+        let read = store.read_outbox(start, 5).await.unwrap();
+        assert!(store.advance_outbox("r", read[4].position(), lease).await.unwrap());
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         let keep_all = Retention {

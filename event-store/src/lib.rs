@@ -20,7 +20,7 @@ pub mod subscription;
 pub use error::{Error, Result};
 pub use model::{
     AllPosition, AppendResult, Commit, CommitResult, DueTimer, ExpectedVersion, NewEvent, OutboxMessage,
-    OutgoingMessage, ProcessedMessage, RecordedEvent, Snapshot, StreamAppend, TimerChange,
+    OutboxPosition, OutgoingMessage, ProcessedMessage, RecordedEvent, Snapshot, StreamAppend, TimerChange,
 };
 pub use saga_index::SagaIndex;
 pub use signals::{CommitSignals, StreamWatch};

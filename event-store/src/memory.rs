@@ -10,16 +10,22 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    AllPosition, AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, RecordedEvent, Snapshot, TimerChange,
+    AllPosition, AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, OutboxPosition, RecordedEvent, Snapshot,
+    TimerChange,
 };
 use crate::signals::CommitSignals;
 use crate::store::{prepare_commit, EventStore};
 
 struct OutboxEntry {
     message: OutboxMessage,
-    claim: Option<(String, DateTime<Utc>)>,
-    published: Option<DateTime<Utc>>,
     dead_letter_reason: Option<String>,
+}
+
+/// The relay that holds the outbox, until when, and where it has published up to.
+#[derive(Default)]
+struct OutboxRelay {
+    owner: Option<(String, DateTime<Utc>)>,
+    published: OutboxPosition,
 }
 
 #[derive(Default)]
@@ -30,6 +36,7 @@ struct State {
     snapshots: HashMap<String, BTreeMap<u64, Snapshot>>,
     outbox: Vec<OutboxEntry>,
     outbox_ids: u64,
+    relay: OutboxRelay,
     processed: HashMap<(String, String), DateTime<Utc>>,
     timers: HashMap<String, DateTime<Utc>>,
 }
@@ -155,9 +162,7 @@ impl EventStore for MemoryEventStore {
             state.outbox_ids += 1;
             let id = state.outbox_ids;
             state.outbox.push(OutboxEntry {
-                message: OutboxMessage { id, message, created_at: Utc::now() },
-                claim: None,
-                published: None,
+                message: OutboxMessage { id, transaction_id: id, message, created_at: Utc::now() },
                 dead_letter_reason: None,
             });
         }
@@ -231,73 +236,57 @@ impl EventStore for MemoryEventStore {
             .and_then(|s| s.range(..=max_version.unwrap_or(u64::MAX)).next_back().map(|(_, s)| s.clone())))
     }
 
-    async fn claim_outbox(&self, relay_id: &str, limit: usize, lease: Duration) -> Result<Vec<OutboxMessage>> {
+    async fn hold_outbox(&self, relay_id: &str, lease: Duration) -> Result<Option<OutboxPosition>> {
         let now = Utc::now();
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         let mut state = self.lock();
-        let mut claimed = Vec::new();
-        for entry in &mut state.outbox {
-            if claimed.len() >= limit {
-                break;
-            }
-            if entry.published.is_some()
-                || entry.claim.as_ref().is_some_and(|(by, until)| *until >= now && by != relay_id)
-            {
-                continue;
-            }
-            entry.claim = Some((relay_id.to_owned(), until));
-            claimed.push(entry.message.clone());
+        let relay = &mut state.relay;
+        if relay.owner.as_ref().is_some_and(|(owner, until)| owner != relay_id && *until >= now) {
+            return Ok(None);
         }
-        Ok(claimed)
+        relay.owner = Some((relay_id.to_owned(), until));
+        Ok(Some(relay.published))
     }
 
-    async fn mark_published(&self, relay_id: &str, ids: &[u64]) -> Result<()> {
+    async fn read_outbox(&self, after: OutboxPosition, limit: usize) -> Result<Vec<OutboxMessage>> {
+        let state = self.lock();
+        Ok(state.outbox.iter().map(|e| &e.message).filter(|m| m.position() > after).take(limit).cloned().collect())
+    }
+
+    async fn advance_outbox(&self, relay_id: &str, to: OutboxPosition, lease: Duration) -> Result<bool> {
+        let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         let mut state = self.lock();
-        for entry in &mut state.outbox {
-            if ids.contains(&entry.message.id) && entry.claim.as_ref().is_some_and(|(r, _)| r == relay_id) {
-                entry.published.get_or_insert_with(Utc::now);
-            }
+        let relay = &mut state.relay;
+        if relay.owner.as_ref().is_none_or(|(owner, _)| owner != relay_id) {
+            return Ok(false);
         }
-        Ok(())
+        relay.owner = Some((relay_id.to_owned(), until));
+        relay.published = relay.published.max(to);
+        Ok(true)
     }
 
     async fn outbox_pending(&self) -> Result<u64> {
-        Ok(self.lock().outbox.iter().filter(|e| e.published.is_none()).count() as u64)
+        let state = self.lock();
+        Ok(state.outbox.iter().filter(|e| e.message.position() > state.relay.published).count() as u64)
     }
 
-    async fn mark_dead_lettered(&self, relay_id: &str, id: u64, reason: &str) -> Result<()> {
+    async fn mark_dead_lettered(&self, id: u64, reason: &str) -> Result<()> {
         let mut state = self.lock();
-        let entry = state.outbox.iter_mut().find(|e| {
-            e.message.id == id && e.published.is_none() && e.claim.as_ref().is_some_and(|(r, _)| r == relay_id)
-        });
-        if let Some(entry) = entry {
-            entry.published = Some(Utc::now());
+        if let Some(entry) = state.outbox.iter_mut().find(|e| e.message.id == id) {
             entry.dead_letter_reason = Some(reason.to_owned());
         }
         Ok(())
     }
 
-    async fn renew_claims(&self, relay_id: &str, ids: &[u64], lease: Duration) -> Result<u64> {
-        let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let mut state = self.lock();
-        let mut renewed = 0;
-        for entry in state.outbox.iter_mut().filter(|e| e.published.is_none() && ids.contains(&e.message.id)) {
-            if let Some((by, claimed_until)) = &mut entry.claim {
-                if by == relay_id {
-                    *claimed_until = until;
-                    renewed += 1;
-                }
-            }
-        }
-        Ok(renewed)
-    }
-
     async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         let mut state = self.lock();
+        let published = state.relay.published;
         let mut deleted = 0_usize;
         state.outbox.retain(|e| {
-            let expired =
-                deleted < limit && e.dead_letter_reason.is_none() && e.published.is_some_and(|at| at < before);
+            let expired = deleted < limit
+                && e.dead_letter_reason.is_none()
+                && e.message.position() <= published
+                && e.message.created_at < before;
             deleted += usize::from(expired);
             !expired
         });

@@ -241,13 +241,42 @@ pub struct Snapshot {
     pub taken_at: DateTime<Utc>,
 }
 
-/// A claimed outbox message.
+/// A place in the outbox: by writing transaction, then by id, the order in which messages
+/// become visible to its reader (as [`AllPosition`] is for events). [`OutboxPosition::START`]
+/// is before every message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OutboxPosition {
+    pub transaction_id: u64,
+    pub id: u64,
+}
+
+impl OutboxPosition {
+    /// Before every message.
+    pub const START: Self = Self { transaction_id: 0, id: 0 };
+}
+
+impl fmt::Display for OutboxPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.transaction_id, self.id)
+    }
+}
+
+/// A committed outbox message, as the relay reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {
-    /// Outbox order: the order messages were committed in.
+    /// Unique; increasing within a transaction.
     pub id: u64,
+    /// The transaction that wrote it (on the single-writer backends, equal to `id`).
+    pub transaction_id: u64,
     pub message: OutgoingMessage,
     pub created_at: DateTime<Utc>,
+}
+
+impl OutboxMessage {
+    /// Where the message sits in the outbox.
+    pub fn position(&self) -> OutboxPosition {
+        OutboxPosition { transaction_id: self.transaction_id, id: self.id }
+    }
 }
 
 /// A timer whose time has come.

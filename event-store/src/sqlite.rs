@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    i64_of, u64_of, AllPosition, AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, OutgoingMessage,
-    RecordedEvent, Snapshot, StreamAppend, TimerChange,
+    i64_of, u64_of, AllPosition, AppendResult, Commit, CommitResult, DueTimer, OutboxMessage, OutboxPosition,
+    OutgoingMessage, RecordedEvent, Snapshot, StreamAppend, TimerChange,
 };
 use crate::signals::CommitSignals;
 use crate::sql::{limit_of, run_commit};
@@ -436,30 +436,39 @@ impl EventStore for SqliteEventStore {
         .transpose()
     }
 
-    async fn claim_outbox(&self, relay_id: &str, limit: usize, lease: Duration) -> Result<Vec<OutboxMessage>> {
+    async fn hold_outbox(&self, relay_id: &str, lease: Duration) -> Result<Option<OutboxPosition>> {
         let now = micros(Utc::now());
         let until = now.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
         let _writer = self.write.lock().await;
-        let rows = sqlx::query(
-            "UPDATE outbox SET claimed_by = ?, claimed_until = ?
-             WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL
-                            AND (claimed_until IS NULL OR claimed_until < ? OR claimed_by = ?)
-                          ORDER BY id LIMIT ?)
-             RETURNING id, topic, msg_key, payload, headers, created_at",
+        let held: Option<i64> = sqlx::query_scalar(
+            "UPDATE outbox_relay SET owner = ?, lease_until = ?
+             WHERE name = 'outbox' AND (owner IS NULL OR owner = ? OR lease_until < ?)
+             RETURNING id",
         )
         .bind(relay_id)
         .bind(until)
-        .bind(now)
         .bind(relay_id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(held.map(|id| OutboxPosition { transaction_id: u64_of(id), id: u64_of(id) }))
+    }
+
+    async fn read_outbox(&self, after: OutboxPosition, limit: usize) -> Result<Vec<OutboxMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, topic, msg_key, payload, headers, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(i64_of(after.id))
         .bind(limit_of(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut messages = rows
-            .iter()
+        rows.iter()
             .map(|row| {
                 let headers: String = row.try_get("headers")?;
+                let id = u64_of(row.try_get("id")?);
                 Ok(OutboxMessage {
-                    id: u64_of(row.try_get("id")?),
+                    id,
+                    transaction_id: id,
                     created_at: from_micros(row.try_get("created_at")?),
                     message: OutgoingMessage {
                         topic: row.try_get("topic")?,
@@ -469,63 +478,39 @@ impl EventStore for SqliteEventStore {
                     },
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
-        messages.sort_by_key(|m| m.id);
-        Ok(messages)
+            .collect()
     }
 
-    async fn mark_published(&self, relay_id: &str, ids: &[u64]) -> Result<()> {
-        let _writer = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let now = micros(Utc::now());
-        for id in ids {
-            sqlx::query("UPDATE outbox SET published_at = ? WHERE id = ? AND claimed_by = ? AND published_at IS NULL")
-                .bind(now)
-                .bind(i64_of(*id))
-                .bind(relay_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn mark_dead_lettered(&self, relay_id: &str, id: u64, reason: &str) -> Result<()> {
-        let _writer = self.write.lock().await;
-        sqlx::query(
-            "UPDATE outbox SET published_at = ?, dead_letter_reason = ?
-             WHERE id = ? AND claimed_by = ? AND published_at IS NULL",
-        )
-        .bind(micros(Utc::now()))
-        .bind(reason)
-        .bind(i64_of(id))
-        .bind(relay_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn renew_claims(&self, relay_id: &str, ids: &[u64], lease: Duration) -> Result<u64> {
+    async fn advance_outbox(&self, relay_id: &str, to: OutboxPosition, lease: Duration) -> Result<bool> {
         let until = micros(Utc::now()).saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
-        let ids = serde_json::to_string(ids).map_err(|e| Error::Invalid(format!("outbox ids: {e}")))?;
         let _writer = self.write.lock().await;
-        Ok(sqlx::query(
-            "UPDATE outbox SET claimed_until = ?
-             WHERE id IN (SELECT value FROM json_each(?)) AND claimed_by = ? AND published_at IS NULL",
-        )
-        .bind(until)
-        .bind(ids)
-        .bind(relay_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        let moved =
+            sqlx::query("UPDATE outbox_relay SET id = max(id, ?), lease_until = ? WHERE name = 'outbox' AND owner = ?")
+                .bind(i64_of(to.id))
+                .bind(until)
+                .bind(relay_id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(moved == 1)
+    }
+
+    async fn mark_dead_lettered(&self, id: u64, reason: &str) -> Result<()> {
+        let _writer = self.write.lock().await;
+        sqlx::query("UPDATE outbox SET dead_letter_reason = ? WHERE id = ?")
+            .bind(reason)
+            .bind(i64_of(id))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         self.delete_batch(
             "DELETE FROM outbox WHERE id IN (
-               SELECT id FROM outbox WHERE published_at < ? AND dead_letter_reason IS NULL
-               ORDER BY published_at LIMIT ?)",
+               SELECT id FROM outbox WHERE created_at < ? AND dead_letter_reason IS NULL
+                  AND id <= (SELECT id FROM outbox_relay WHERE name = 'outbox')
+               ORDER BY created_at LIMIT ?)",
             before,
             limit,
         )
@@ -543,8 +528,11 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn outbox_pending(&self) -> Result<u64> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE id > (SELECT id FROM outbox_relay WHERE name = 'outbox')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(u64_of(n))
     }
 

@@ -10,7 +10,8 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    AllPosition, AppendResult, Commit, DueTimer, ExpectedVersion, NewEvent, OutboxMessage, RecordedEvent, Snapshot,
+    AllPosition, AppendResult, Commit, DueTimer, ExpectedVersion, NewEvent, OutboxMessage, OutboxPosition,
+    RecordedEvent, Snapshot,
 };
 use crate::signals::{CommitSignals, StreamWatch};
 
@@ -51,45 +52,30 @@ pub trait EventStore: Send + Sync + 'static {
     /// The latest snapshot of a stream, at or below `max_version` when given.
     async fn load_snapshot(&self, stream_id: &str, max_version: Option<u64>) -> Result<Option<Snapshot>>;
 
-    /// Claims up to `limit` unpublished outbox messages, in outbox order, for `lease`.
-    /// A message claimed by one relay is not handed to another until its lease ends; the
-    /// same relay id may claim it again (a restarted single-process relay keeps its id).
-    async fn claim_outbox(&self, relay_id: &str, limit: usize, lease: Duration) -> Result<Vec<OutboxMessage>>;
+    /// Takes the outbox for relay `relay_id`, or keeps it, for `lease` from now: one relay
+    /// publishes the outbox at a time. Returns where the outbox is published up to when this
+    /// relay holds it, `None` while another relay's lease runs. The same relay id may take it
+    /// again at once (a restarted single-process relay keeps its id).
+    async fn hold_outbox(&self, relay_id: &str, lease: Duration) -> Result<Option<OutboxPosition>>;
 
-    /// Like [`EventStore::claim_outbox`], leaving out the messages `in_flight` (this relay's
-    /// batches still being published): a relay with batches in flight claims the next one.
-    /// Not "ids above the newest in flight": a message with a lower id may commit later.
-    async fn claim_outbox_besides(
-        &self,
-        relay_id: &str,
-        in_flight: &[u64],
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<OutboxMessage>> {
-        // Claiming this relay's own in-flight messages again only renews their lease.
-        let mut claimed = self.claim_outbox(relay_id, limit + in_flight.len(), lease).await?;
-        claimed.retain(|m| !in_flight.contains(&m.id));
-        claimed.truncate(limit);
-        Ok(claimed)
-    }
+    /// Up to `limit` outbox messages after `after`, in outbox order. Like
+    /// [`EventStore::read_all`], a message is returned only once every transaction older than
+    /// its own has finished, so a later read never returns a message before one an earlier
+    /// read returned. Reading writes nothing: the relay reads ahead of what it has published.
+    async fn read_outbox(&self, after: OutboxPosition, limit: usize) -> Result<Vec<OutboxMessage>>;
 
-    /// Marks messages claimed by `relay_id` as published.
-    async fn mark_published(&self, relay_id: &str, ids: &[u64]) -> Result<()>;
+    /// Records that every message up to `to` is published (or dead-lettered) and renews the
+    /// lease of `relay_id`: one write per batch, none per message. Returns `false`, writing
+    /// nothing, when `relay_id` no longer holds the outbox (its lease ran out and another relay
+    /// took it). A position behind the recorded one only renews the lease.
+    async fn advance_outbox(&self, relay_id: &str, to: OutboxPosition, lease: Duration) -> Result<bool>;
 
-    /// Marks a message claimed by `relay_id` as done without publishing it: the broker refused
-    /// it for good. The row, the only full copy of the message, is kept with `reason` (retention
-    /// does not delete it) for an operator to look at.
-    async fn mark_dead_lettered(&self, relay_id: &str, id: u64, reason: &str) -> Result<()>;
+    /// Marks message `id` as refused by the transport for good, with `reason`: the row, the only
+    /// full copy of the message, is kept for an operator (retention does not delete it).
+    async fn mark_dead_lettered(&self, id: u64, reason: &str) -> Result<()>;
 
-    /// Extends, to `lease` from now, the claims `relay_id` still holds on the unpublished
-    /// messages `ids`. A live relay renews while it works, so leases can be short and a
-    /// crashed relay's claims pass to another within one lease. Returns how many claims were
-    /// renewed: fewer than `ids` means some were lost (their lease ran out and another relay
-    /// took them, or they were published).
-    async fn renew_claims(&self, relay_id: &str, ids: &[u64], lease: Duration) -> Result<u64>;
-
-    /// Deletes up to `limit` outbox messages published before `before` (retention); rows
-    /// marked dead-lettered are kept.
+    /// Deletes up to `limit` published outbox messages committed before `before` (retention);
+    /// rows marked dead-lettered, and messages not yet published, are kept.
     /// Returns how many were deleted; fewer than `limit` means none is left.
     async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
 
@@ -97,7 +83,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// deduplication window). Returns how many were deleted.
     async fn delete_processed_messages(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
 
-    /// How many outbox messages are not yet published.
+    /// How many outbox messages are not yet published (past the relay's position).
     async fn outbox_pending(&self) -> Result<u64>;
 
     /// Timers due at or before `now`, earliest first.

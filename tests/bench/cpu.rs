@@ -61,13 +61,24 @@ impl CpuMeter {
 
     /// `engine 45 %, postgres 60 %, …` in percent of one core over `elapsed`, and idle.
     pub fn stop(&self, elapsed: Duration) -> String {
+        self.stop_per(elapsed, 0)
+    }
+
+    /// [`Self::stop`], with each group's CPU ms per unit of work when `units` > 0
+    /// (`engine 45 % = 6.1 ms`): the figure that holds steady where rates swing.
+    pub fn stop_per(&self, elapsed: Duration, units: usize) -> String {
         let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
         let mut used = 0.0;
         let mut parts = Vec::new();
         for ((name, after), (_, before)) in self.sample().into_iter().zip(&self.before) {
             let percent = after.saturating_sub(*before) as f64 / TICKS_PER_S / elapsed.as_secs_f64() * 100.0;
             used += percent;
-            parts.push(format!("{name} {percent:.0} %"));
+            if units > 0 {
+                let ms = after.saturating_sub(*before) as f64 / TICKS_PER_S * 1000.0 / units as f64;
+                parts.push(format!("{name} {percent:.0} % = {ms:.2} ms"));
+            } else {
+                parts.push(format!("{name} {percent:.0} %"));
+            }
         }
         parts.push(format!(
             "idle {:.0} % (of {:.0} cores = {:.0} %)",

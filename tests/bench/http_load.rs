@@ -29,6 +29,8 @@ pub enum Backend {
 pub struct Engine {
     child: Child,
     pub base: String,
+    /// The engine's database, when it runs on PostgreSQL.
+    database_url: Option<String>,
 }
 
 impl Engine {
@@ -63,7 +65,11 @@ impl Engine {
         let out = std::fs::File::create(log).unwrap();
         let err = out.try_clone().unwrap();
         let child = command.stdin(Stdio::null()).stdout(out).stderr(err).spawn().expect("the sagaflow binary starts");
-        let engine = Self { child, base: format!("http://127.0.0.1:{port}") };
+        let database_url = match backend {
+            Backend::PostgresKafka { database_url, .. } => Some(database_url.clone()),
+            Backend::Embedded { .. } => None,
+        };
+        let engine = Self { child, base: format!("http://127.0.0.1:{port}"), database_url };
         let client = Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -75,6 +81,19 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         engine
+    }
+
+    /// Transactions committed and rolled back in the engine's database so far (PostgreSQL's
+    /// statistics, which backends report within a second or so of going idle).
+    pub async fn transactions(&self) -> Option<i64> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(self.database_url.as_deref()?).await.ok()?;
+        sqlx::query_scalar(
+            "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .ok()
     }
 
     pub fn pid(&self) -> u32 {
@@ -125,6 +144,8 @@ pub struct RateRun {
     pub approved: usize,
     pub failed: usize,
     pub cpu: String,
+    /// PostgreSQL transactions per finished saga, on PostgreSQL.
+    pub transactions_per_saga: Option<f64>,
 }
 
 impl RateRun {
@@ -142,6 +163,7 @@ pub async fn offer(engine: &Engine, client: &Client, rate: u32, duration: Durati
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let total = (f64::from(rate) * duration.as_secs_f64()) as usize;
     let mut tasks = Vec::with_capacity(total);
+    let transactions_before = engine.transactions().await;
     cpu.start();
     let started = Instant::now();
     for i in 0..total {
@@ -185,10 +207,22 @@ pub async fn offer(engine: &Engine, client: &Client, rate: u32, duration: Durati
         let _ = tokio::time::timeout(Duration::from_secs(40), task).await;
     }
     let elapsed = started.elapsed();
-    let cpu = cpu.stop(elapsed);
     let (approved, failed) = *outcomes.lock().await;
+    let cpu = cpu.stop_per(elapsed, approved);
+    let transactions_per_saga = match (transactions_before, engine.transactions().await) {
+        (Some(before), Some(after)) if approved > 0 => Some((after - before) as f64 / approved as f64),
+        _ => None,
+    };
     let latencies = std::mem::take(&mut *latencies.lock().await);
-    RateRun { rate, figure: Figure::rate(approved, elapsed, latencies), submitted: total, approved, failed, cpu }
+    RateRun {
+        rate,
+        figure: Figure::rate(approved, elapsed, latencies),
+        submitted: total,
+        approved,
+        failed,
+        cpu,
+        transactions_per_saga,
+    }
 }
 
 /// Offers rising rates until one is not sustained; returns every run (the last one failed,
@@ -211,7 +245,7 @@ pub async fn ladder(
         let run = offer(&engine, &client, rate, duration, &mut cpu).await;
         let sustained = run.sustained(crate::P99_BOUND_MS);
         println!(
-            "  offered {rate:>5}/s: finished {} (p50 {:.1} ms, p99 {:.1} ms), {} of {} approved, {} not{}; cpu: {}",
+            "  offered {rate:>5}/s: finished {} (p50 {:.1} ms, p99 {:.1} ms), {} of {} approved, {} not{}; cpu (ms per saga): {}{}",
             crate::stats::thousands(run.figure.per_s),
             run.figure.p50_ms(),
             run.figure.p99_ms(),
@@ -219,7 +253,8 @@ pub async fn ladder(
             run.submitted,
             run.failed,
             if sustained { "" } else { "  <- not sustained" },
-            run.cpu
+            run.cpu,
+            run.transactions_per_saga.map_or_else(String::new, |t| format!("; PostgreSQL transactions per saga {t:.1}"))
         );
         runs.push(run);
         if !sustained {

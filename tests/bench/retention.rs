@@ -9,6 +9,7 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use crate::fresh_postgres;
 use crate::stats::percentile;
+use sagaflow_tests::hot_tables::PUBLISH_ALL;
 
 /// Runs `work` while one writer keeps appending single events to `store`; returns what
 /// `work` returned and the writer's latencies, sorted.
@@ -53,9 +54,10 @@ pub async fn retention(url: &str, rows: i64) {
     let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
     let mut conn = PgConnection::connect(&format!("{base}/{db}")).await.unwrap();
     let fill = format!(
-        "INSERT INTO outbox (topic, msg_key, payload, published_at, created_at)
-         SELECT 'bench', g::text, convert_to(repeat('x', 200), 'UTF8'), now() - interval '2 days', now() - interval '2 days'
+        "INSERT INTO outbox (topic, msg_key, payload, created_at)
+         SELECT 'bench', g::text, convert_to(repeat('x', 200), 'UTF8'), now() - interval '2 days'
          FROM generate_series(1, {rows}) g;
+         {PUBLISH_ALL};
          INSERT INTO processed_messages (consumer, message_id, processed_at)
          SELECT 'bench', g::text, now() - interval '9 days' FROM generate_series(1, {rows}) g;
          ANALYZE outbox; ANALYZE processed_messages;"
@@ -75,7 +77,7 @@ pub async fn retention(url: &str, rows: i64) {
     conn.execute(fill.as_str()).await.unwrap();
     let raw = async {
         conn.execute(
-            "DELETE FROM outbox WHERE published_at < now() - interval '1 day';
+            "DELETE FROM outbox WHERE created_at < now() - interval '1 day';
              DELETE FROM processed_messages WHERE processed_at < now() - interval '8 days';",
         )
         .await

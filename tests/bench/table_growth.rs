@@ -65,9 +65,11 @@ async fn one_saga(store: &PgEventStore, n: usize, round: &str) {
             .with_message(message(&stream))
             .processing(format!("participant-{step}"), format!("cmd-{saga}-{step}"));
         store.commit(effect).await.unwrap();
-        let claimed = store.claim_outbox("bench-relay", 10, Duration::from_secs(30)).await.unwrap();
-        let ids: Vec<u64> = claimed.iter().map(|m| m.id).collect();
-        store.mark_published("bench-relay", &ids).await.unwrap();
+        let lease = Duration::from_secs(30);
+        let at = store.hold_outbox("bench-relay", lease).await.unwrap().expect("one relay here");
+        if let Some(last) = store.read_outbox(at, 10).await.unwrap().last() {
+            store.advance_outbox("bench-relay", last.position(), lease).await.unwrap();
+        }
         let mut decision = Commit::append(
             &stream,
             ExpectedVersion::Exact(version),

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use engine::Repository;
 use event_store::{
-    AllPosition, Commit, Error, EventStore, EventStoreExt, ExpectedVersion, NewEvent, OutgoingMessage, Subscription,
-    TimerChange,
+    AllPosition, Commit, Error, EventStore, EventStoreExt, ExpectedVersion, NewEvent, OutboxMessage, OutboxPosition,
+    OutgoingMessage, Subscription, TimerChange,
 };
 use futures::TryStreamExt;
 use serde_json::json;
@@ -258,108 +258,141 @@ pub async fn snapshot_plus_tail_equals_full_replay(store: Arc<dyn EventStore>, _
     assert_eq!(snapshotting.load_at_version("t", 15).await.unwrap().state.total, (1..=15).sum::<i64>());
 }
 
-pub async fn outbox_is_claimed_in_order_and_each_message_once_with_two_relays(
+fn numbered(n: usize) -> OutgoingMessage {
+    OutgoingMessage {
+        topic: "t".into(),
+        key: format!("k{}", n % 7),
+        payload: n.to_string().into_bytes(),
+        headers: BTreeMap::from([("n".to_owned(), n.to_string())]),
+    }
+}
+
+/// Reads `count` outbox messages after `from`, in batches of `batch`. On PostgreSQL a message
+/// becomes readable only once every older transaction in the cluster has finished (other tests
+/// run beside this one), so an empty page means "not yet" until the deadline.
+async fn read_n(store: &dyn EventStore, from: OutboxPosition, batch: usize, count: usize) -> Vec<OutboxMessage> {
+    let (mut after, mut read) = (from, Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while read.len() < count && tokio::time::Instant::now() < deadline {
+        let page = store.read_outbox(after, batch.min(count - read.len())).await.unwrap();
+        match page.last() {
+            Some(last) => after = last.position(),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+        read.extend(page);
+    }
+    read
+}
+
+fn payloads(messages: &[OutboxMessage]) -> Vec<String> {
+    messages.iter().map(|m| String::from_utf8(m.message.payload.clone()).unwrap()).collect()
+}
+
+pub async fn one_relay_at_a_time_reads_the_outbox_in_commit_order_from_its_checkpoint(
     store: Arc<dyn EventStore>,
-    _other: Arc<dyn EventStore>,
+    other: Arc<dyn EventStore>,
 ) {
     const MESSAGES: usize = 300;
-    for i in 0..MESSAGES {
-        let message = OutgoingMessage {
-            topic: "t".into(),
-            key: format!("k{}", i % 7),
-            payload: i.to_string().into_bytes(),
-            headers: BTreeMap::from([("n".to_owned(), i.to_string())]),
-        };
-        store
-            .commit(Commit::append(format!("s{i}"), ExpectedVersion::NoStream, vec![event(i)]).with_message(message))
-            .await
-            .unwrap();
+    for n in 0..MESSAGES {
+        let commit =
+            Commit::append(format!("s{n}"), ExpectedVersion::NoStream, vec![event(n)]).with_message(numbered(n));
+        store.commit(commit).await.unwrap();
     }
-    let relays: Vec<_> = ["relay-a", "relay-b"]
-        .into_iter()
-        .map(|relay| {
-            let store = Arc::clone(&store);
+    let lease = Duration::from_millis(800);
+    let start = store.hold_outbox("relay-a", lease).await.unwrap().expect("a free outbox is taken");
+    assert_eq!(other.hold_outbox("relay-b", lease).await.unwrap(), None, "held by relay-a");
+    assert_eq!(store.hold_outbox("relay-a", lease).await.unwrap(), Some(start), "its holder keeps it");
+
+    // relay-a publishes 100, records it, then reads (and "publishes") 16 more and dies.
+    let first = read_n(&*store, start, 16, MESSAGES).await;
+    assert_eq!(payloads(&first), (0..MESSAGES).map(|n| n.to_string()).collect::<Vec<_>>(), "in commit order");
+    assert!(first.windows(2).all(|w| w[0].position() < w[1].position()), "positions increase");
+    assert!(store.advance_outbox("relay-a", first[99].position(), lease).await.unwrap());
+    assert_eq!(store.outbox_pending().await.unwrap(), (MESSAGES - 100) as u64);
+
+    // Within a lease relay-b takes over where relay-a recorded, not where it read up to.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let resumed = other.hold_outbox("relay-b", lease).await.unwrap().expect("an expired lease passes on");
+    assert_eq!(resumed, first[99].position());
+    let rest = read_n(&*other, resumed, 64, MESSAGES - 100).await;
+    assert_eq!(payloads(&rest), payloads(&first[100..]));
+    assert!(!store.advance_outbox("relay-a", first[115].position(), lease).await.unwrap(), "relay-a lost it");
+    assert!(other.advance_outbox("relay-b", rest[rest.len() - 1].position(), lease).await.unwrap());
+    assert!(other.advance_outbox("relay-b", first[10].position(), lease).await.unwrap(), "behind: only renews");
+    assert_eq!(store.outbox_pending().await.unwrap(), 0);
+    assert!(other.read_outbox(rest[rest.len() - 1].position(), 10).await.unwrap().is_empty());
+}
+
+/// Messages committed by many writers at once: a relay that reads ahead while they commit never
+/// skips one that commits after a later one became readable (the transaction horizon).
+pub async fn a_relay_reading_while_writers_commit_sees_every_message_once(
+    store: Arc<dyn EventStore>,
+    other: Arc<dyn EventStore>,
+) {
+    const WRITERS: usize = 8;
+    const EACH: usize = 40;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = if w % 2 == 0 { Arc::clone(&store) } else { Arc::clone(&other) };
             tokio::spawn(async move {
-                let mut published = Vec::new();
-                loop {
-                    let batch = store.claim_outbox(relay, 16, Duration::from_secs(30)).await.unwrap();
-                    if batch.is_empty() {
-                        return published;
-                    }
-                    assert!(batch.windows(2).all(|w| w[0].id < w[1].id), "a claim is in outbox order");
-                    tokio::time::sleep(Duration::from_millis(2)).await; // "publishing"
-                    let ids: Vec<u64> = batch.iter().map(|m| m.id).collect();
-                    store.mark_published(relay, &ids).await.unwrap();
-                    published.extend(batch.into_iter().map(|m| String::from_utf8(m.message.payload).unwrap()));
+                for i in 0..EACH {
+                    let n = w * EACH + i;
+                    let commit = Commit::append(format!("w{n}"), ExpectedVersion::NoStream, vec![event(n)])
+                        .with_message(numbered(n));
+                    store.commit(commit).await.unwrap();
                 }
             })
         })
         .collect();
-    let mut all = Vec::new();
-    let mut per_relay = Vec::new();
-    for r in relays {
-        let published = r.await.unwrap();
-        per_relay.push(published.len());
-        all.extend(published);
+    let mut after = store.hold_outbox("reader", Duration::from_secs(30)).await.unwrap().unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < WRITERS * EACH && tokio::time::Instant::now() < deadline {
+        let page = store.read_outbox(after, 7).await.unwrap();
+        if let Some(last) = page.last() {
+            assert!(last.position() > after);
+            after = last.position();
+        }
+        seen.extend(payloads(&page));
     }
-    assert_eq!(all.len(), MESSAGES, "no message published twice");
-    assert_eq!(all.iter().collect::<HashSet<_>>().len(), MESSAGES, "every message published");
-    assert!(per_relay.iter().all(|n| *n > 0), "both relays took part: {per_relay:?}");
-    assert_eq!(store.outbox_pending().await.unwrap(), 0);
-}
-
-pub async fn expired_outbox_lease_is_claimed_again(store: Arc<dyn EventStore>, _other: Arc<dyn EventStore>) {
-    let message = OutgoingMessage { topic: "t".into(), key: "k".into(), payload: vec![1], headers: BTreeMap::new() };
-    store.commit(Commit::default().with_message(message)).await.unwrap();
-    let first = store.claim_outbox("crashed", 10, Duration::from_millis(800)).await.unwrap();
-    assert_eq!(first.len(), 1);
-    assert!(store.claim_outbox("other", 10, Duration::from_secs(5)).await.unwrap().is_empty(), "leased");
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let again = store.claim_outbox("other", 10, Duration::from_secs(5)).await.unwrap();
-    assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), vec![first[0].id]);
-    store.mark_published("crashed", &[first[0].id]).await.unwrap();
-    assert_eq!(store.outbox_pending().await.unwrap(), 1, "a relay that lost its lease cannot mark");
-    store.mark_published("other", &[first[0].id]).await.unwrap();
-    assert_eq!(store.outbox_pending().await.unwrap(), 0);
+    for w in writers {
+        w.await.unwrap();
+    }
+    seen.extend(payloads(&read_n(&*store, after, 1_000, WRITERS * EACH - seen.len()).await));
+    assert_eq!(seen.len(), WRITERS * EACH, "no message read twice");
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), WRITERS * EACH, "none skipped");
 }
 
 pub async fn a_renewed_lease_outlives_its_first_term_and_a_dead_one_passes_on(
     store: Arc<dyn EventStore>,
     _other: Arc<dyn EventStore>,
 ) {
-    let message =
-        |n| OutgoingMessage { topic: "t".into(), key: "k".into(), payload: vec![n], headers: BTreeMap::new() };
-    store.commit(Commit::default().with_message(message(1))).await.unwrap();
+    store.commit(Commit::default().with_message(numbered(1))).await.unwrap();
     let lease = Duration::from_millis(2_000);
-    let claimed = store.claim_outbox("live", 10, lease).await.unwrap();
-    assert_eq!(claimed.len(), 1);
-    let ids = [claimed[0].id];
+    let at = store.hold_outbox("live", lease).await.unwrap().unwrap();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        assert_eq!(store.renew_claims("live", &ids, lease).await.unwrap(), 1);
+        assert!(store.advance_outbox("live", at, lease).await.unwrap(), "renewed");
     }
-    assert!(store.claim_outbox("other", 10, lease).await.unwrap().is_empty(), "renewed past its first 2 s");
+    assert_eq!(store.hold_outbox("other", lease).await.unwrap(), None, "renewed past its first 2 s");
     // The live relay stops renewing (it crashed): within one lease, another takes over.
     tokio::time::sleep(Duration::from_millis(2_300)).await;
-    let taken = store.claim_outbox("other", 10, lease).await.unwrap();
-    assert_eq!(taken.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
-    assert_eq!(store.renew_claims("live", &ids, lease).await.unwrap(), 0, "a lost claim is not renewed");
-    store.mark_published("other", &ids).await.unwrap();
-    assert_eq!(store.renew_claims("other", &ids, lease).await.unwrap(), 0, "published rows are not renewed");
+    assert_eq!(store.hold_outbox("other", lease).await.unwrap(), Some(at), "nothing was recorded as published");
+    assert!(!store.advance_outbox("live", at, lease).await.unwrap(), "a lost lease is not renewed");
+    assert_eq!(store.outbox_pending().await.unwrap(), 1);
 }
 
 pub async fn retention_deletes_old_published_rows_and_dedup_records_in_batches(
     store: Arc<dyn EventStore>,
     _other: Arc<dyn EventStore>,
 ) {
-    let message =
-        |n| OutgoingMessage { topic: "t".into(), key: "k".into(), payload: vec![n], headers: BTreeMap::new() };
     for n in 0..5 {
-        store.commit(Commit::default().with_message(message(n)).processing("c", format!("old-{n}"))).await.unwrap();
+        store.commit(Commit::default().with_message(numbered(n)).processing("c", format!("old-{n}"))).await.unwrap();
     }
-    let published: Vec<u64> =
-        store.claim_outbox("r", 3, Duration::from_secs(10)).await.unwrap().iter().map(|m| m.id).collect();
-    store.mark_published("r", &published).await.unwrap();
+    let lease = Duration::from_secs(10);
+    let start = store.hold_outbox("r", lease).await.unwrap().unwrap();
+    let read = read_n(&*store, start, 3, 3).await;
+    assert!(store.advance_outbox("r", read[2].position(), lease).await.unwrap());
     tokio::time::sleep(Duration::from_millis(50)).await;
     let cut = chrono::Utc::now();
     store.commit(Commit::default().processing("c", "new")).await.unwrap();
@@ -368,11 +401,12 @@ pub async fn retention_deletes_old_published_rows_and_dedup_records_in_batches(
     assert_eq!(store.delete_published_outbox(cut, 2).await.unwrap(), 1);
     assert_eq!(store.delete_published_outbox(cut, 2).await.unwrap(), 0);
     assert_eq!(store.outbox_pending().await.unwrap(), 2, "unpublished messages are kept");
-    assert_eq!(store.claim_outbox("r", 10, Duration::from_secs(10)).await.unwrap().len(), 2);
+    let unpublished = read_n(&*store, read[2].position(), 10, 2).await;
+    assert_eq!(payloads(&unpublished), ["3", "4"]);
 
     // A row the broker refused for good is marked, not deleted: it is the only full copy.
-    let refused = store.claim_outbox("r", 1, Duration::from_secs(10)).await.unwrap();
-    store.mark_dead_lettered("r", refused[0].id, "too large").await.unwrap();
+    store.mark_dead_lettered(unpublished[0].id, "too large").await.unwrap();
+    assert!(store.advance_outbox("r", unpublished[0].position(), lease).await.unwrap());
     assert_eq!(store.outbox_pending().await.unwrap(), 1);
     let later = chrono::Utc::now() + chrono::Duration::seconds(1);
     assert_eq!(store.delete_published_outbox(later, 10).await.unwrap(), 0, "a dead-lettered row is kept");

@@ -25,8 +25,7 @@ pub async fn grow(pool: &PgPool, from: i64, to: i64) {
              FROM generate_series($1 + 1000000000, $2 + 1000000000 - 1) g",
         "INSERT INTO streams (stream_id) SELECT DISTINCT 'bulk-' || (g / 10)
              FROM generate_series($1 + 1000000000, $2 + 1000000000 - 1) g ON CONFLICT DO NOTHING",
-        "INSERT INTO outbox (topic, msg_key, payload, published_at) SELECT 't', 'k' || g, '\\x7b7d', now()
-             FROM generate_series($1, $2 - 1) g",
+        "INSERT INTO outbox (topic, msg_key, payload) SELECT 't', 'k' || g, '\\x7b7d' FROM generate_series($1, $2 - 1) g",
         "INSERT INTO timers (timer_key, due_at) SELECT 'bulk-' || g, now() + interval '1 day' FROM generate_series($1, $2 - 1) g",
         "INSERT INTO processed_messages (consumer, message_id) SELECT 'bulk', 'm' || g FROM generate_series($1, $2 - 1) g",
         "INSERT INTO saga_index (saga_id, definition, definition_version, status, started_us, progress_us)
@@ -35,4 +34,10 @@ pub async fn grow(pool: &PgPool, from: i64, to: i64) {
     ] {
         sqlx::query(sql).bind(from).bind(to).execute(pool).await.expect("bulk rows");
     }
+    sqlx::query(PUBLISH_ALL).execute(pool).await.expect("bulk rows published");
 }
+
+/// Records every outbox row as published (the relay's checkpoint moved to the last one).
+pub const PUBLISH_ALL: &str = "UPDATE outbox_relay SET transaction_id = last.transaction_id::text::int8, id = last.id
+    FROM (SELECT transaction_id, id FROM outbox ORDER BY transaction_id DESC, id DESC LIMIT 1) last
+   WHERE name = 'outbox'";

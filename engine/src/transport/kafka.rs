@@ -1,5 +1,7 @@
-//! Kafka transport (rdkafka): an idempotent producer (acks=all) and consumer groups that
-//! commit offsets only when told to.
+//! Kafka transport (rdkafka): an idempotent producer (acks=all) and consumer groups whose
+//! offsets are stored only when the consumer says a message's effect is durable, and
+//! committed with the others stored by then, once a second (and when partitions are revoked
+//! or the consumer closes): one commit request per interval, not one per message.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,7 +14,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -74,6 +76,10 @@ fn refuses_for_good(err: &KafkaError) -> bool {
             | RDKafkaErrorCode::InvalidArgument
     )
 }
+
+/// How often a consumer commits the offsets stored since its last commit. A crash loses at most
+/// this much of committed offsets: those messages come again and are dropped as duplicates.
+const OFFSET_COMMIT_INTERVAL_MS: &str = "1000";
 
 /// How long a consumer whose topics vanished may sit without partitions before it
 /// subscribes again.
@@ -227,7 +233,11 @@ impl Transport for KafkaTransport {
         let consumer: StreamConsumer<GroupLog> = ClientConfig::new()
             .set("bootstrap.servers", &self.config.bootstrap_servers)
             .set("group.id", group)
-            .set("enable.auto.commit", "false")
+            // librdkafka commits what was stored, on an interval and at a revoke or a close;
+            // it stores nothing by itself (see `commit`).
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", OFFSET_COMMIT_INTERVAL_MS)
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", self.config.fetch_wait_max_ms.to_string())
@@ -398,11 +408,13 @@ impl Consumer for KafkaConsumer {
         }
     }
 
+    /// Stores the offset after `delivery` for the next periodic commit: no request of its own.
     async fn commit(&mut self, delivery: &Delivery) -> Result<()> {
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&delivery.topic, delivery.partition, Offset::Offset(delivery.offset + 1))
             .map_err(|e| kafka_err("building commit", &e))?;
-        self.consumer()?.commit(&list, CommitMode::Async).map_err(|e| kafka_err("committing offset", &e))
+        // Fails for a partition revoked meanwhile: its new owner gets the message again.
+        self.consumer()?.store_offsets(&list).map_err(|e| kafka_err("storing offset", &e))
     }
 }
 

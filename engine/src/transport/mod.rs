@@ -10,6 +10,10 @@ use event_store::OutgoingMessage;
 
 use crate::error::Result;
 
+/// Batches a relay has in flight at once, by default: what [`Transport::relay_pipeline`]
+/// answers unless a transport says otherwise.
+pub const DEFAULT_PIPELINE: usize = 4;
+
 /// A consumed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -48,7 +52,7 @@ pub trait Transport: Send + Sync + 'static {
 
     /// How many outbox batches a relay may have in flight on this transport at once.
     fn relay_pipeline(&self) -> usize {
-        crate::relay::DEFAULT_PIPELINE
+        DEFAULT_PIPELINE
     }
 }
 

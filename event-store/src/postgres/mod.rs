@@ -27,8 +27,8 @@ use self::notices::{listen_for_commits, Announcer, NOTIFY_CHANNEL};
 
 use crate::error::Result;
 use crate::model::{
-    i64_of, u64_of, AllPosition, Commit, CommitResult, DueTimer, OutboxMessage, OutgoingMessage, RecordedEvent,
-    Snapshot,
+    i64_of, u64_of, AllPosition, Commit, CommitResult, DueTimer, OutboxMessage, OutboxPosition, OutgoingMessage,
+    RecordedEvent, Snapshot,
 };
 use crate::signals::CommitSignals;
 use crate::sql::{limit_of, run_commit};
@@ -128,6 +128,11 @@ impl PgEventStore {
     async fn delete_batch(&self, sql: &str, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         Ok(sqlx::query(sql).bind(before).bind(limit_of(limit)).execute(&self.pool).await?.rows_affected())
     }
+}
+
+/// A lease in whole milliseconds, for SQL.
+fn millis(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
@@ -249,40 +254,38 @@ impl EventStore for PgEventStore {
         .transpose()
     }
 
-    async fn claim_outbox(&self, relay_id: &str, limit: usize, lease: Duration) -> Result<Vec<OutboxMessage>> {
-        self.claim_outbox_besides(relay_id, &[], limit, lease).await
-    }
-
-    async fn claim_outbox_besides(
-        &self,
-        relay_id: &str,
-        in_flight: &[u64],
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<OutboxMessage>> {
-        let in_flight: Vec<i64> = in_flight.iter().copied().map(i64_of).collect();
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let rows = sqlx::query(
-            "UPDATE outbox SET claimed_by = $1, claimed_until = now() + $2 * interval '1 millisecond'
-             WHERE id IN (
-               SELECT id FROM outbox
-               WHERE published_at IS NULL AND id <> ALL($4)
-                 AND (claimed_until IS NULL OR claimed_until < now() OR claimed_by = $1)
-               ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-             RETURNING id, topic, msg_key, payload, headers, created_at",
+    async fn hold_outbox(&self, relay_id: &str, lease: Duration) -> Result<Option<OutboxPosition>> {
+        let held: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE outbox_relay SET owner = $1, lease_until = clock_timestamp() + $2 * interval '1 millisecond'
+             WHERE name = 'outbox' AND (owner IS NULL OR owner = $1 OR lease_until < clock_timestamp())
+             RETURNING transaction_id, id",
         )
         .bind(relay_id)
-        .bind(lease_ms)
+        .bind(millis(lease))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(held.map(|(transaction_id, id)| OutboxPosition { transaction_id: u64_of(transaction_id), id: u64_of(id) }))
+    }
+
+    async fn read_outbox(&self, after: OutboxPosition, limit: usize) -> Result<Vec<OutboxMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, transaction_id::text::int8 AS transaction_id, topic, msg_key, payload, headers, created_at
+               FROM outbox
+              WHERE (transaction_id, id) > ($1::int8::text::xid8, $2)
+                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY transaction_id, id LIMIT $3",
+        )
+        .bind(i64_of(after.transaction_id))
+        .bind(i64_of(after.id))
         .bind(limit_of(limit))
-        .bind(&in_flight)
         .fetch_all(&self.pool)
         .await?;
-        let mut messages = rows
-            .iter()
+        rows.iter()
             .map(|row| {
                 let headers: serde_json::Value = row.try_get("headers")?;
                 Ok(OutboxMessage {
                     id: u64_of(row.try_get("id")?),
+                    transaction_id: u64_of(row.try_get("transaction_id")?),
                     created_at: row.try_get("created_at")?,
                     message: OutgoingMessage {
                         topic: row.try_get("topic")?,
@@ -292,56 +295,43 @@ impl EventStore for PgEventStore {
                     },
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
-        messages.sort_by_key(|m| m.id);
-        Ok(messages)
+            .collect()
     }
 
-    async fn mark_published(&self, relay_id: &str, ids: &[u64]) -> Result<()> {
-        let ids: Vec<i64> = ids.iter().copied().map(i64_of).collect();
-        sqlx::query(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND claimed_by = $2 AND published_at IS NULL",
-        )
-        .bind(&ids)
-        .bind(relay_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn mark_dead_lettered(&self, relay_id: &str, id: u64, reason: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE outbox SET published_at = now(), dead_letter_reason = $3
-             WHERE id = $1 AND claimed_by = $2 AND published_at IS NULL",
-        )
-        .bind(i64_of(id))
-        .bind(relay_id)
-        .bind(reason)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn renew_claims(&self, relay_id: &str, ids: &[u64], lease: Duration) -> Result<u64> {
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let ids: Vec<i64> = ids.iter().copied().map(i64_of).collect();
-        Ok(sqlx::query(
-            "UPDATE outbox SET claimed_until = now() + $2 * interval '1 millisecond'
-             WHERE id = ANY($3) AND claimed_by = $1 AND published_at IS NULL",
+    async fn advance_outbox(&self, relay_id: &str, to: OutboxPosition, lease: Duration) -> Result<bool> {
+        let moved = sqlx::query(
+            "UPDATE outbox_relay
+                SET transaction_id = CASE WHEN (transaction_id, id) < ($2, $3) THEN $2 ELSE transaction_id END,
+                    id = CASE WHEN (transaction_id, id) < ($2, $3) THEN $3 ELSE id END,
+                    lease_until = clock_timestamp() + $4 * interval '1 millisecond'
+              WHERE name = 'outbox' AND owner = $1",
         )
         .bind(relay_id)
-        .bind(lease_ms)
-        .bind(&ids)
+        .bind(i64_of(to.transaction_id))
+        .bind(i64_of(to.id))
+        .bind(millis(lease))
         .execute(&self.pool)
         .await?
-        .rows_affected())
+        .rows_affected();
+        Ok(moved == 1)
+    }
+
+    async fn mark_dead_lettered(&self, id: u64, reason: &str) -> Result<()> {
+        sqlx::query("UPDATE outbox SET dead_letter_reason = $2 WHERE id = $1")
+            .bind(i64_of(id))
+            .bind(reason)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         self.delete_batch(
             "DELETE FROM outbox WHERE id = ANY(ARRAY(
-               SELECT id FROM outbox WHERE published_at < $1 AND dead_letter_reason IS NULL
-               ORDER BY published_at LIMIT $2))",
+               SELECT o.id FROM outbox o, outbox_relay r
+                WHERE r.name = 'outbox' AND o.created_at < $1 AND o.dead_letter_reason IS NULL
+                  AND (o.transaction_id, o.id) <= (r.transaction_id::text::xid8, r.id)
+                ORDER BY o.created_at LIMIT $2))",
             before,
             limit,
         )
@@ -359,8 +349,12 @@ impl EventStore for PgEventStore {
     }
 
     async fn outbox_pending(&self) -> Result<u64> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox o, outbox_relay r
+              WHERE r.name = 'outbox' AND (o.transaction_id, o.id) > (r.transaction_id::text::xid8, r.id)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(u64_of(n))
     }
 
