@@ -66,9 +66,19 @@ if [ "$(psql_admin "-c \"SELECT 1 FROM pg_roles WHERE rolname='$PG_USER'\"")" !=
   psql_admin "-c \"CREATE ROLE $PG_USER LOGIN SUPERUSER PASSWORD '$PG_PASSWORD'\"" >&2
 fi
 # The bench runs 64 writers on each of two pools side by side; the default 100 is too few.
+# pg_stat_statements lets the bench count statements per saga and profile them.
+restart=""
 if [ "$(psql_admin "-c \"SHOW max_connections\"")" -lt 300 ]; then
   log "raising max_connections to 300 (restarts PostgreSQL)"
   psql_admin "-c \"ALTER SYSTEM SET max_connections = 300\"" >&2
+  restart=1
+fi
+if ! psql_admin "-c \"SHOW shared_preload_libraries\"" | grep -q pg_stat_statements; then
+  log "loading pg_stat_statements (restarts PostgreSQL)"
+  psql_admin "-c \"ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'\"" >&2
+  restart=1
+fi
+if [ -n "$restart" ]; then
   as_root pg_ctlcluster 15 main restart >&2
   wait_port "$PG_PORT" PostgreSQL
 fi

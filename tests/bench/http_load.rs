@@ -19,6 +19,40 @@ use crate::stats::Figure;
 const SKUS: usize = 50;
 const CUSTOMERS: usize = 50;
 
+/// What PostgreSQL counted in the engine's database.
+pub struct PgCounters {
+    transactions: i64,
+    /// Per statement: its text, calls and total execution ms (`pg_stat_statements`).
+    statements: Option<Vec<(String, i64, f64)>>,
+}
+
+impl PgCounters {
+    /// Per saga between `self` and `later`: transactions, statements, and when `top` > 0 the
+    /// `top` statements by calls with their calls and execution ms.
+    fn per_saga(&self, later: &Self, sagas: usize, top: usize) -> String {
+        let sagas = sagas.max(1) as f64;
+        let mut out = format!("PostgreSQL transactions per saga {:.1}", (later.transactions - self.transactions) as f64 / sagas);
+        let (Some(before), Some(after)) = (&self.statements, &later.statements) else { return out };
+        let before: std::collections::HashMap<&str, (i64, f64)> =
+            before.iter().map(|(q, c, t)| (q.as_str(), (*c, *t))).collect();
+        let mut delta: Vec<(&str, f64, f64)> = after
+            .iter()
+            .map(|(q, c, t)| {
+                let (c0, t0) = before.get(q.as_str()).copied().unwrap_or_default();
+                (q.as_str(), (c - c0) as f64 / sagas, (t - t0) / sagas)
+            })
+            .filter(|(_, calls, _)| *calls > 0.0)
+            .collect();
+        out.push_str(&format!(", statements {:.1}", delta.iter().map(|d| d.1).sum::<f64>()));
+        delta.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (query, calls, ms) in delta.into_iter().take(top) {
+            let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(110).collect();
+            out.push_str(&format!("\n      {calls:>6.2} calls {ms:>6.3} ms  {query}"));
+        }
+        out
+    }
+}
+
 /// How the engine stores and transports.
 pub enum Backend {
     Embedded { data_dir: PathBuf },
@@ -84,16 +118,26 @@ impl Engine {
     }
 
     /// Transactions committed and rolled back in the engine's database so far (PostgreSQL's
-    /// statistics, which backends report within a second or so of going idle).
-    pub async fn transactions(&self) -> Option<i64> {
+    /// statistics, which backends report within a second or so of going idle), and statements
+    /// run, when `pg_stat_statements` is loaded.
+    pub async fn pg_counters(&self) -> Option<PgCounters> {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(self.database_url.as_deref()?).await.ok()?;
-        sqlx::query_scalar(
+        let transactions = sqlx::query_scalar(
             "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = current_database()",
         )
         .fetch_one(&mut conn)
         .await
-        .ok()
+        .ok()?;
+        let _ = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(&mut conn).await;
+        let statements = sqlx::query_as(
+            "SELECT query, calls::int8, total_exec_time FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+              WHERE d.datname = current_database()",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .ok();
+        Some(PgCounters { transactions, statements })
     }
 
     pub fn pid(&self) -> u32 {
@@ -144,8 +188,8 @@ pub struct RateRun {
     pub approved: usize,
     pub failed: usize,
     pub cpu: String,
-    /// PostgreSQL transactions per finished saga, on PostgreSQL.
-    pub transactions_per_saga: Option<f64>,
+    /// PostgreSQL transactions (and statements) per finished saga, on PostgreSQL.
+    pub postgres: Option<String>,
 }
 
 impl RateRun {
@@ -163,7 +207,7 @@ pub async fn offer(engine: &Engine, client: &Client, rate: u32, duration: Durati
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let total = (f64::from(rate) * duration.as_secs_f64()) as usize;
     let mut tasks = Vec::with_capacity(total);
-    let transactions_before = engine.transactions().await;
+    let counters_before = engine.pg_counters().await;
     cpu.start();
     let started = Instant::now();
     for i in 0..total {
@@ -209,8 +253,9 @@ pub async fn offer(engine: &Engine, client: &Client, rate: u32, duration: Durati
     let elapsed = started.elapsed();
     let (approved, failed) = *outcomes.lock().await;
     let cpu = cpu.stop_per(elapsed, approved);
-    let transactions_per_saga = match (transactions_before, engine.transactions().await) {
-        (Some(before), Some(after)) if approved > 0 => Some((after - before) as f64 / approved as f64),
+    let top = std::env::var("BENCH_PG_TOP").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+    let postgres = match (counters_before, engine.pg_counters().await) {
+        (Some(before), Some(after)) => Some(before.per_saga(&after, approved, top)),
         _ => None,
     };
     let latencies = std::mem::take(&mut *latencies.lock().await);
@@ -221,7 +266,7 @@ pub async fn offer(engine: &Engine, client: &Client, rate: u32, duration: Durati
         approved,
         failed,
         cpu,
-        transactions_per_saga,
+        postgres,
     }
 }
 
@@ -254,7 +299,7 @@ pub async fn ladder(
             run.failed,
             if sustained { "" } else { "  <- not sustained" },
             run.cpu,
-            run.transactions_per_saga.map_or_else(String::new, |t| format!("; PostgreSQL transactions per saga {t:.1}"))
+            run.postgres.as_deref().map_or_else(String::new, |p| format!("; {p}"))
         );
         runs.push(run);
         if !sustained {

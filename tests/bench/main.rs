@@ -19,7 +19,8 @@
 //! `BENCH_RATES` the rates offered (default 100,200,400,700,1000,1400); `BENCH_KEEP_DB` keeps
 //! the bench databases for a look afterwards; `BENCH_WRITERS` (default 1,4,16,64) the writer counts;
 //! `BENCH_OURS_ONLY` skips the raw limit and the peer (for profiling ours); `BENCH_BACKENDS`
-//! (`postgres` or `embedded`) runs the saga figures of one backend only.
+//! (`postgres` or `embedded`) runs the saga figures of one backend only; `BENCH_PG_TOP=n`
+//! prints, per offered rate, the n statements run most per saga (`pg_stat_statements`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

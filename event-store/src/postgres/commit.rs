@@ -58,8 +58,95 @@ fn statement(parts: usize) -> &'static str {
 /// run again.
 const ANY_RETRIES: usize = 10;
 
+/// Commits' rows as the statements bind them, one array per column; the `*_commit` arrays
+/// say which commit (1-based) each row belongs to, for a group of commits in one statement.
+#[derive(Default)]
+pub(super) struct Columns<'a> {
+    pub(super) commits: i32,
+    pub(super) streams: Vec<&'a str>,
+    pub(super) expected: Vec<i64>,
+    pub(super) append_commit: Vec<i32>,
+    /// The append (1-based) of each event.
+    pub(super) owner: Vec<i32>,
+    pub(super) ids: Vec<Uuid>,
+    pub(super) types: Vec<&'a str>,
+    pub(super) data: Vec<&'a serde_json::Value>,
+    pub(super) metadata: Vec<&'a serde_json::Value>,
+    pub(super) processed_commit: Vec<i32>,
+    pub(super) consumers: Vec<&'a str>,
+    pub(super) message_ids: Vec<&'a str>,
+    pub(super) outbox_commit: Vec<i32>,
+    pub(super) topics: Vec<&'a str>,
+    pub(super) keys: Vec<&'a str>,
+    pub(super) payloads: Vec<&'a [u8]>,
+    pub(super) headers: Vec<serde_json::Value>,
+    pub(super) set_commit: Vec<i32>,
+    pub(super) set: Vec<&'a str>,
+    pub(super) due: Vec<DateTime<Utc>>,
+    pub(super) cancel_commit: Vec<i32>,
+    pub(super) cancel: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    /// Adds the rows of the next commit.
+    pub(super) fn add(&mut self, commit: &'a Commit) {
+        self.commits += 1;
+        let c = self.commits;
+        for append in &commit.appends {
+            self.streams.push(&append.stream_id);
+            self.expected.push(match append.expected {
+                ExpectedVersion::Any => -1_i64,
+                ExpectedVersion::NoStream => 0,
+                ExpectedVersion::Exact(v) => i64_of(v),
+            });
+            self.append_commit.push(c);
+            let owner = i32::try_from(self.streams.len()).unwrap_or(i32::MAX);
+            for event in &append.events {
+                self.owner.push(owner);
+                self.ids.push(event.event_id);
+                self.types.push(&event.event_type);
+                self.data.push(&event.data);
+                self.metadata.push(&event.metadata);
+            }
+        }
+        if let Some(processed) = &commit.processed {
+            self.processed_commit.push(c);
+            self.consumers.push(&processed.consumer);
+            self.message_ids.push(&processed.message_id);
+        }
+        for message in &commit.outbox {
+            self.outbox_commit.push(c);
+            self.topics.push(&message.topic);
+            self.keys.push(&message.key);
+            self.payloads.push(&message.payload);
+            self.headers.push(serde_json::to_value(&message.headers).unwrap_or_default());
+        }
+        // The last change per timer key wins, as if applied in order.
+        let mut timers: BTreeMap<&str, Option<DateTime<Utc>>> = BTreeMap::new();
+        for change in &commit.timers {
+            match change {
+                TimerChange::Set { key, due_at } => timers.insert(key, Some(*due_at)),
+                TimerChange::Cancel { key } => timers.insert(key, None),
+            };
+        }
+        for (key, due) in timers {
+            match due {
+                Some(due) => {
+                    self.set_commit.push(c);
+                    self.set.push(key);
+                    self.due.push(due);
+                }
+                None => {
+                    self.cancel_commit.push(c);
+                    self.cancel.push(key);
+                }
+            }
+        }
+    }
+}
+
 /// What went wrong, in the statement's words.
-enum Outcome {
+pub(super) enum Outcome {
     Written(CommitResult),
     Refused(Error),
     /// A concurrent writer took the next version of a stream appended to with `Any`.
@@ -98,39 +185,25 @@ async fn write_once<'c, E>(executor: E, commit: &Commit) -> Result<Outcome>
 where
     E: sqlx::Executor<'c, Database = Postgres>,
 {
-    let expectation = |e: ExpectedVersion| match e {
-        ExpectedVersion::Any => -1_i64,
-        ExpectedVersion::NoStream => 0,
-        ExpectedVersion::Exact(v) => i64_of(v),
-    };
-    let streams: Vec<&str> = commit.appends.iter().map(|a| a.stream_id.as_str()).collect();
-    let expected: Vec<i64> = commit.appends.iter().map(|a| expectation(a.expected)).collect();
-    let events = commit.appends.iter().enumerate().flat_map(|(i, a)| a.events.iter().map(move |e| (i, e)));
-    let (mut owner, mut ids, mut types, mut data, mut metadata) = (vec![], vec![], vec![], vec![], vec![]);
-    for (i, event) in events {
-        owner.push(i32::try_from(i + 1).unwrap_or(i32::MAX));
-        ids.push(event.event_id);
-        types.push(event.event_type.as_str());
-        data.push(&event.data);
-        metadata.push(&event.metadata);
-    }
-    let topics: Vec<&str> = commit.outbox.iter().map(|m| m.topic.as_str()).collect();
-    let keys: Vec<&str> = commit.outbox.iter().map(|m| m.key.as_str()).collect();
-    let payloads: Vec<&[u8]> = commit.outbox.iter().map(|m| m.payload.as_slice()).collect();
-    let headers: Vec<serde_json::Value> =
-        commit.outbox.iter().map(|m| serde_json::to_value(&m.headers).unwrap_or_default()).collect();
-    // The last change per timer key wins, as if applied in order.
-    let mut timers: BTreeMap<&str, Option<DateTime<Utc>>> = BTreeMap::new();
-    for change in &commit.timers {
-        match change {
-            TimerChange::Set { key, due_at } => timers.insert(key, Some(*due_at)),
-            TimerChange::Cancel { key } => timers.insert(key, None),
-        };
-    }
-    let (set, due): (Vec<&str>, Vec<DateTime<Utc>>) =
-        timers.iter().filter_map(|(key, due)| due.map(|d| (*key, d))).unzip();
-    let cancel: Vec<&str> = timers.iter().filter(|(_, due)| due.is_none()).map(|(key, _)| *key).collect();
-
+    let mut columns = Columns::default();
+    columns.add(commit);
+    let Columns {
+        streams,
+        expected,
+        owner,
+        ids,
+        types,
+        data,
+        metadata,
+        topics,
+        keys,
+        payloads,
+        headers,
+        set,
+        due,
+        cancel,
+        ..
+    } = columns;
     let parts = usize::from(!ids.is_empty())
         | usize::from(commit.processed.is_some()) << 1
         | usize::from(!topics.is_empty()) << 2
@@ -156,14 +229,14 @@ where
         .fetch_all(executor)
         .await;
     match rows {
-        Ok(rows) => verdicts(&rows, commit),
+        Ok(rows) => verdicts(&rows.iter().collect::<Vec<_>>(), commit),
         Err(err) => refusal(err, commit),
     }
 }
 
 /// The statement's verdict per append: the first refusal (in request order), or where
-/// every append landed.
-fn verdicts(rows: &[PgRow], commit: &Commit) -> Result<Outcome> {
+/// every append landed. `rows` are the commit's append rows, in order.
+pub(super) fn verdicts(rows: &[&PgRow], commit: &Commit) -> Result<Outcome> {
     let mut appends = Vec::with_capacity(rows.len());
     for (row, append) in rows.iter().zip(&commit.appends) {
         let at_version = u64_of(row.try_get("at_version")?);

@@ -12,6 +12,7 @@
 //! notification lock.
 
 mod commit;
+mod group_commit;
 mod notices;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row, Transaction};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use self::group_commit::GroupCommitter;
 use self::notices::{listen_for_commits, Announcer, NOTIFY_CHANNEL};
 
 use crate::error::Result;
@@ -65,6 +67,7 @@ pub struct PgEventStore {
     pool: PgPool,
     signals: Arc<CommitSignals>,
     announcer: Arc<Announcer>,
+    group: Arc<GroupCommitter>,
     _tasks: Arc<DropGuard>,
 }
 
@@ -97,7 +100,8 @@ impl PgEventStore {
         listener.listen(NOTIFY_CHANNEL).await?;
         tokio::spawn(listen_for_commits(listener, Arc::clone(&signals), announcer.instance.clone(), cancel.clone()));
         tokio::spawn(Arc::clone(&announcer).run(pool.clone(), cancel.clone()));
-        Ok(Self { pool, signals, announcer, _tasks: Arc::new(cancel.drop_guard()) })
+        let group = Arc::new(GroupCommitter::start(pool.clone(), cancel.clone()));
+        Ok(Self { pool, signals, announcer, group, _tasks: Arc::new(cancel.drop_guard()) })
     }
 
     /// The underlying pool.
@@ -115,10 +119,10 @@ impl PgEventStore {
         commit::write_in(&mut **tx, commit).await
     }
 
-    async fn commit_tx(&self, commit: &Commit) -> Result<CommitResult> {
-        // One statement outside a transaction block: one round trip, its own transaction.
-        let result = commit::write(&self.pool, commit).await?;
-        self.announcer.announce(commit);
+    async fn commit_tx(&self, commit: Arc<Commit>) -> Result<CommitResult> {
+        // One statement outside a transaction block, alone or with the commits of a group.
+        let result = self.group.commit(Arc::clone(&commit)).await?;
+        self.announcer.announce(&commit);
         Ok(result)
     }
 }
@@ -152,8 +156,8 @@ fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
 #[async_trait]
 impl EventStore for PgEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
-        let commit = crate::store::prepare_commit(commit)?;
-        run_commit("postgres", &self.signals, &commit, self.commit_tx(&commit)).await
+        let commit = Arc::new(crate::store::prepare_commit(commit)?);
+        run_commit("postgres", &self.signals, &commit, self.commit_tx(Arc::clone(&commit))).await
     }
 
     async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
