@@ -81,3 +81,28 @@ async fn a_concurrent_writer_fails_only_the_commit_it_conflicts_with(pool: PgPoo
     }
     assert_eq!(store.stream_version("taken").await.unwrap(), Some(1), "the other writer's event stays alone");
 }
+
+/// Waiters in another process wake on commits, alone or in a group: each commit statement
+/// carries the notice of the streams it wrote, with no transaction of its own.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn commits_alone_or_grouped_wake_the_waiters_of_another_process(pool: PgPool) {
+    use std::time::Duration;
+
+    let writer = Arc::new(PgEventStore::from_pool(pool.clone()).await.unwrap());
+    let other = PgEventStore::from_pool(pool.clone()).await.unwrap();
+    let mut alone = other.stream_changes("alone");
+    alone.mark_seen();
+    writer.commit(Commit::append("alone", ExpectedVersion::NoStream, happened())).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), alone.changed()).await.expect("woken by the commit's notice");
+
+    let mut last = other.stream_changes("grouped-99");
+    last.mark_seen();
+    let commits = (0..100).map(|n| {
+        let writer = Arc::clone(&writer);
+        async move { writer.commit(Commit::append(format!("grouped-{n}"), ExpectedVersion::NoStream, happened())).await }
+    });
+    for verdict in futures::future::join_all(commits).await {
+        verdict.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(5), last.changed()).await.expect("woken by the group's notice");
+}

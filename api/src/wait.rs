@@ -40,8 +40,10 @@ impl WaitQuery {
 /// A re-check this often even without a commit signal: a backstop for a lost notice.
 const BACKSTOP: Duration = Duration::from_secs(2);
 
-/// Follows saga `saga_id` from `view` until it is terminal or `wait` passes, reading only
-/// its new events after each commit to its stream. Orders are terminal when their saga is.
+/// Follows saga `saga_id` from `view` until it is terminal or `wait` passes. After each commit
+/// to its stream it takes the saga's state from memory when this process made the decision
+/// (the coordinator holds it), and reads only the new events otherwise. Orders are terminal
+/// when their saga is.
 pub async fn until_saga_terminal(
     store: &dyn EventStore,
     coordinator: &Coordinator,
@@ -53,7 +55,10 @@ pub async fn until_saga_terminal(
     let mut changes = store.stream_changes(&saga_stream(saga_id));
     loop {
         changes.mark_seen();
-        coordinator.refresh(saga_id, view).await?;
+        match coordinator.in_memory(saga_id) {
+            Some(latest) if latest.version > view.version => *view = SagaView::clone(&latest),
+            _ => coordinator.refresh(saga_id, view).await?,
+        }
         if view.state.status.is_terminal() || Instant::now() >= deadline {
             return Ok(());
         }

@@ -62,6 +62,8 @@ pub enum ReplyHandled {
 
 /// Sagas kept in memory between their replies.
 const CACHED_SAGAS: usize = 20_000;
+/// Sagas this process finished, kept in memory for a while for the long polls that follow them.
+const FINISHED_SAGAS: usize = 2_048;
 
 /// Drives sagas.
 pub struct Coordinator {
@@ -72,6 +74,8 @@ pub struct Coordinator {
     /// read. Only a cache: every decision is committed with the cached version as the
     /// expected one, and a conflict (another process moved the saga on) reloads.
     cache: Mutex<LruCache<Uuid, Arc<SagaView>>>,
+    /// The last states of sagas this process finished.
+    finished: Mutex<LruCache<Uuid, Arc<SagaView>>>,
     /// Each participant's circuit, as this process's decisions have seen it.
     breakers: Arc<CircuitBreakers>,
 }
@@ -79,9 +83,16 @@ pub struct Coordinator {
 impl Coordinator {
     /// A coordinator over `store`.
     pub fn new(store: Arc<dyn EventStore>, registry: Arc<DefinitionRegistry>, topics: Topics) -> Self {
-        let capacity = NonZeroUsize::new(CACHED_SAGAS).unwrap_or(NonZeroUsize::MIN);
+        let capacity = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         let breakers = Arc::new(CircuitBreakers::default());
-        Self { store, registry, topics, cache: Mutex::new(LruCache::new(capacity)), breakers }
+        Self {
+            store,
+            registry,
+            topics,
+            cache: Mutex::new(LruCache::new(capacity(CACHED_SAGAS))),
+            finished: Mutex::new(LruCache::new(capacity(FINISHED_SAGAS))),
+            breakers,
+        }
     }
 
     /// Uses `breakers` for the participants' circuits (default policy otherwise).
@@ -108,18 +119,34 @@ impl Coordinator {
         Ok(self.load(saga_id).await?.map(Arc::new))
     }
 
-    /// Remembers the state a committed decision left the saga in; a finished saga is dropped.
+    fn finished(&self) -> std::sync::MutexGuard<'_, LruCache<Uuid, Arc<SagaView>>> {
+        self.finished.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remembers the state a committed decision left the saga in; a finished saga moves to
+    /// the smaller cache of finished ones.
     fn remember(&self, saga_id: Uuid, view: SagaView) {
-        let mut cache = self.cached();
+        let view = Arc::new(view);
         if view.state.status.is_terminal() {
-            cache.pop(&saga_id);
+            self.cached().pop(&saga_id);
+            self.finished().put(saga_id, view);
         } else {
-            cache.put(saga_id, Arc::new(view));
+            self.cached().put(saga_id, view);
         }
     }
 
     fn forget(&self, saga_id: Uuid) {
         self.cached().pop(&saga_id);
+        self.finished().pop(&saga_id);
+    }
+
+    /// The saga as this process's last committed decision left it, when it is in memory:
+    /// what a long poll follows instead of reading the stream. Another process may have
+    /// moved the saga on since (after a rebalance); a reader that needs the latest state
+    /// reads the stream.
+    pub fn in_memory(&self, saga_id: Uuid) -> Option<Arc<SagaView>> {
+        let running = self.cached().peek(&saga_id).cloned();
+        running.or_else(|| self.finished().peek(&saga_id).cloned())
     }
 
     /// The definitions it starts sagas from.

@@ -1,9 +1,9 @@
 //! Saga definitions stored as events: one stream per name, one event per version.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use event_store::{Error as StoreError, EventStore, EventStoreExt, ExpectedVersion};
+use event_store::{Error as StoreError, EventStore, EventStoreExt, ExpectedVersion, StreamWatch};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
@@ -23,6 +23,9 @@ enum DefinitionEvent {
 pub struct DefinitionRegistry {
     store: Arc<dyn EventStore>,
     cache: RwLock<HashMap<(String, u32), Arc<SagaDefinition>>>,
+    /// The latest version of each name looked up, good until a commit to its stream (here or,
+    /// through the store's notices, in another process): starting a saga reads nothing.
+    latest: Mutex<HashMap<String, (u32, StreamWatch)>>,
 }
 
 fn stream_of(name: &str) -> String {
@@ -32,7 +35,7 @@ fn stream_of(name: &str) -> String {
 impl DefinitionRegistry {
     /// A registry on `store`.
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store, cache: RwLock::default() }
+        Self { store, cache: RwLock::default(), latest: Mutex::default() }
     }
 
     /// Validates and stores `definition` as the next version of its name.
@@ -91,10 +94,24 @@ impl DefinitionRegistry {
 
     /// The latest version of a definition.
     pub async fn latest(&self, name: &str) -> Result<Option<Arc<SagaDefinition>>> {
-        match self.store.stream_version(&stream_of(name)).await? {
-            Some(v) => self.version(name, u32::try_from(v).unwrap_or(u32::MAX)).await,
-            None => Ok(None),
+        let known = {
+            let latest = self.latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            latest.get(name).filter(|(_, watch)| !watch.has_changed()).map(|(version, _)| *version)
+        };
+        if let Some(version) = known {
+            return self.version(name, version).await;
         }
+        let stream = stream_of(name);
+        let mut watch = self.store.stream_changes(&stream);
+        watch.mark_seen();
+        let Some(current) = self.store.stream_version(&stream).await? else { return Ok(None) };
+        let version = u32::try_from(current).unwrap_or(u32::MAX);
+        let found = self.version(name, version).await?;
+        if found.is_some() {
+            let mut latest = self.latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            latest.insert(name.to_owned(), (version, watch));
+        }
+        Ok(found)
     }
 
     /// A definition by name and optional version (latest when `None`), or `NotFound`.
@@ -161,6 +178,18 @@ mod tests {
         assert_eq!(fresh.ensure(def("B")).await.unwrap().version, 2, "unchanged: no new version");
         let patient = SagaDefinition { stuck_after_ms: Some(3_600_000), ..def("B") };
         assert_eq!(fresh.ensure(patient).await.unwrap().version, 3, "a new stuck threshold is a new version");
+    }
+
+    #[tokio::test]
+    async fn the_latest_version_known_here_gives_way_to_one_registered_elsewhere() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        let (here, elsewhere) = (DefinitionRegistry::new(Arc::clone(&store)), DefinitionRegistry::new(store));
+        elsewhere.register(def("A")).await.unwrap();
+        assert_eq!(here.latest("demo").await.unwrap().unwrap().version, 1);
+        assert_eq!(here.latest("demo").await.unwrap().unwrap().version, 1, "known: no read");
+        elsewhere.register(def("B")).await.unwrap();
+        let latest = here.latest("demo").await.unwrap().unwrap();
+        assert_eq!((latest.version, latest.steps[0].command.as_str()), (2, "B"), "the commit said it changed");
     }
 
     #[tokio::test]

@@ -42,6 +42,13 @@ impl Effect {
 #[async_trait]
 pub trait CommandHandler: Send + Sync + 'static {
     async fn decide(&self, command: &Envelope) -> Result<Effect>;
+
+    /// The effect's appends were committed: a handler with a write-through cache keeps the
+    /// states they left.
+    fn committed(&self, _appends: &[StreamAppend]) {}
+
+    /// A commit failed on `stream`'s expected version: what is cached of it is stale.
+    fn conflicted(&self, _stream: &str) {}
 }
 
 /// What became of a command.
@@ -112,13 +119,19 @@ impl ParticipantRuntime {
             let trace = trace_context::current().unwrap_or_else(|| {
                 child_traceparent(delivery.headers.get(HEADER_TRACEPARENT).map(String::as_str), command.saga_id)
             });
-            let commit = Commit { appends: effect.appends, ..Commit::default() }
+            let commit = Commit { appends: effect.appends.clone(), ..Commit::default() }
                 .with_message(reply.to_message(&topic, Some(&trace)))
                 .processing(self.consumer_name(), command.message_id.clone());
             match self.store.commit(commit).await {
-                Ok(_) => return Ok(CommandHandled::Applied),
+                Ok(_) => {
+                    self.handler.committed(&effect.appends);
+                    return Ok(CommandHandled::Applied);
+                }
                 Err(StoreError::AlreadyProcessed { .. }) => return Ok(CommandHandled::Duplicate),
-                Err(StoreError::WrongExpectedVersion { .. }) => continue,
+                Err(StoreError::WrongExpectedVersion { stream, .. }) => {
+                    self.handler.conflicted(&stream);
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -183,16 +183,21 @@ impl OutboxRelay {
         // Where the outbox is published up to, while this relay holds it; and how far it read.
         let mut held: Option<OutboxPosition> = None;
         let mut read_to = OutboxPosition::START;
+        // Read to the end: nothing more to read until a commit (or the idle poll) says so.
+        let mut drained = false;
         let mut in_flight = futures::stream::FuturesOrdered::new();
         let mut renew = tokio::time::interval(self.lease / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            changes.borrow_and_update();
+            if changes.has_changed().unwrap_or(false) {
+                changes.borrow_and_update();
+                drained = false;
+            }
             let Some(published) = held else {
                 match self.store.hold_outbox(&self.relay_id, self.lease).await {
                     Ok(Some(position)) => {
                         tracing::info!(relay = %self.relay_id, %position, "outbox relay holds the outbox");
-                        (held, read_to, failures) = (Some(position), position, 0);
+                        (held, read_to, failures, drained) = (Some(position), position, 0, false);
                         renew.reset();
                         continue;
                     }
@@ -208,18 +213,19 @@ impl OutboxRelay {
                 }
                 continue;
             };
-            if in_flight.len() < self.pipeline && failures == 0 {
+            if in_flight.len() < self.pipeline && failures == 0 && !drained {
                 let read = tokio::select! {
                     () = cancel.cancelled() => break,
                     read = self.store.read_outbox(read_to, self.batch) => read,
                 };
                 match read {
                     Ok(batch) if !batch.is_empty() => {
+                        drained = batch.len() < self.batch;
                         read_to = batch.last().map_or(read_to, OutboxMessage::position);
                         in_flight.push_back(self.publish_owned(batch));
                         continue;
                     }
-                    Ok(_) => {}
+                    Ok(_) => drained = true,
                     Err(err) => {
                         tracing::warn!(relay = %self.relay_id, error = %err, "cannot read the outbox; will retry");
                         failures = failures.saturating_add(1);
@@ -234,8 +240,8 @@ impl OutboxRelay {
                 };
                 tokio::select! {
                     () = cancel.cancelled() => break,
-                    _ = changes.changed() => {}
-                    () = tokio::time::sleep(wait) => {}
+                    _ = changes.changed() => drained = false,
+                    () = tokio::time::sleep(wait) => drained = false,
                     _ = renew.tick() => held = self.renew(published).await,
                 }
                 // A failed read or batch is tried again after its backoff.
@@ -246,6 +252,10 @@ impl OutboxRelay {
             }
             let done = tokio::select! {
                 () = cancel.cancelled() => break,
+                _ = changes.changed(), if drained => {
+                    drained = false;
+                    continue;
+                }
                 _ = renew.tick() => {
                     held = self.renew(published).await;
                     if held.is_none() {
@@ -285,7 +295,7 @@ impl OutboxRelay {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
                 }
-                failures = 0;
+                (failures, drained) = (0, false);
             }
         }
         drop(in_flight);

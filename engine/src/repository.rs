@@ -35,16 +35,15 @@ pub struct Executed<A: Aggregate> {
 pub struct Decided<A: Aggregate> {
     pub loaded: Loaded<A>,
     pub events: Vec<A::Event>,
+    /// The events encoded once, with their ids: every copy of the append is the same append.
+    encoded: Option<StreamAppend>,
 }
 
 impl<A: Aggregate> Decided<A> {
     /// The append that saves the decision, guarded by the loaded version; `None` when the
     /// command changes nothing.
     pub fn append(&self) -> Result<Option<StreamAppend>> {
-        if self.events.is_empty() {
-            return Ok(None);
-        }
-        Repository::append_for(&self.loaded, &self.events).map(Some)
+        Ok(self.encoded.clone())
     }
 }
 
@@ -55,11 +54,16 @@ pub struct Repository<A> {
     read_snapshots: bool,
     max_attempts: u32,
     cache: Option<Arc<StateCache<A>>>,
+    /// With a write-through cache: the states decided and not yet reported saved.
+    decided: Option<Arc<DecidedStates<A>>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
 /// Current states by aggregate id, as last folded.
 type StateCache<A> = Mutex<LruCache<String, Loaded<A>>>;
+/// The state each decision would leave its aggregate in, by the id of the decision's first
+/// event: the one of concurrent decisions that is saved is told from the others by it.
+type DecidedStates<A> = Mutex<LruCache<uuid::Uuid, Loaded<A>>>;
 
 impl<A> Clone for Repository<A> {
     fn clone(&self) -> Self {
@@ -69,6 +73,7 @@ impl<A> Clone for Repository<A> {
             read_snapshots: self.read_snapshots,
             max_attempts: self.max_attempts,
             cache: self.cache.clone(),
+            decided: self.decided.clone(),
             _aggregate: PhantomData,
         }
     }
@@ -83,6 +88,7 @@ impl<A: Aggregate> Repository<A> {
             read_snapshots: true,
             max_attempts: 5,
             cache: None,
+            decided: None,
             _aggregate: PhantomData,
         }
     }
@@ -104,6 +110,43 @@ impl<A: Aggregate> Repository<A> {
     pub fn with_cache(mut self, capacity: usize) -> Self {
         self.cache = NonZeroUsize::new(capacity).map(|c| Arc::new(Mutex::new(LruCache::new(c))));
         self
+    }
+
+    /// Keeps the current state of up to `capacity` aggregates in memory and trusts it: a load
+    /// of a cached aggregate reads nothing. The caller commits decisions itself and reports
+    /// each saved append with [`Repository::saved`], which caches the state it left, and each
+    /// version conflict with [`Repository::forget`]. A cached state is always the true state at
+    /// its version, and a decision commits with that version as the expectation, so a state
+    /// gone stale (a writer elsewhere) costs one conflict, never a wrong write.
+    #[must_use]
+    pub fn with_write_through_cache(mut self, capacity: usize) -> Self {
+        self = self.with_cache(capacity);
+        self.decided = NonZeroUsize::new(capacity).map(|c| Arc::new(Mutex::new(LruCache::new(c))));
+        self
+    }
+
+    /// A decision's append was committed: with a write-through cache, the state it left is
+    /// now the aggregate's cached state. Appends to other aggregates are ignored.
+    pub fn saved(&self, append: &StreamAppend) {
+        let (Some(cache), Some(decided)) = (&self.cache, &self.decided) else { return };
+        let Some(first) = append.events.first() else { return };
+        let Some(after) = decided.lock().unwrap_or_else(PoisonError::into_inner).pop(&first.event_id) else { return };
+        if stream_id::<A>(&after.id) != append.stream_id {
+            return;
+        }
+        // A report that comes late (a newer state is cached already) changes nothing.
+        let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.peek(&after.id).is_none_or(|cached| cached.version < after.version) {
+            cache.put(after.id.clone(), after);
+        }
+    }
+
+    /// `stream` turned out to be at another version than cached (a version conflict):
+    /// forgets its cached state, so that the next load reads it.
+    pub fn forget(&self, stream: &str) {
+        let Some(cache) = &self.cache else { return };
+        let Some(id) = stream.strip_prefix(A::TYPE).and_then(|rest| rest.strip_prefix('-')) else { return };
+        cache.lock().unwrap_or_else(PoisonError::into_inner).pop(id);
     }
 
     /// Takes a snapshot whenever a save crosses a multiple of `every` events.
@@ -129,6 +172,9 @@ impl<A: Aggregate> Repository<A> {
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
         let Some(cache) = &self.cache else { return self.load_until(id, None).await };
         let cached = cache.lock().unwrap_or_else(PoisonError::into_inner).get(id).cloned();
+        if let (Some(cached), Some(_)) = (&cached, &self.decided) {
+            return Ok(cached.clone());
+        }
         let loaded = match cached {
             Some(cached) => {
                 let before = cached.version;
@@ -204,7 +250,17 @@ impl<A: Aggregate> Repository<A> {
     pub async fn decide(&self, id: &str, command: &A::Command) -> Result<Decided<A>> {
         let loaded = self.load(id).await?;
         let events = loaded.state.handle(command).map_err(|e| Error::Rejected(e.to_string()))?;
-        Ok(Decided { loaded, events })
+        let encoded = if events.is_empty() { None } else { Some(Self::append_for(&loaded, &events)?) };
+        let first = encoded.as_ref().and_then(|append| append.events.first().map(|e| e.event_id));
+        if let (Some(states), Some(first)) = (&self.decided, first) {
+            let mut after = loaded.clone();
+            for event in &events {
+                after.state.apply(event);
+            }
+            after.version += events.len() as u64;
+            states.lock().unwrap_or_else(PoisonError::into_inner).put(first, after);
+        }
+        Ok(Decided { loaded, events, encoded })
     }
 
     /// Runs a command: load, decide, save with the loaded version as the expectation,
@@ -226,7 +282,7 @@ impl<A: Aggregate> Repository<A> {
             let decided = self.decide(id, command).await?;
             let mut commit = extra(&decided.loaded, &decided.events);
             commit.appends.extend(decided.append()?);
-            let Decided { mut loaded, events } = decided;
+            let Decided { mut loaded, events, .. } = decided;
             if commit.appends.is_empty()
                 && commit.outbox.is_empty()
                 && commit.processed.is_none()
@@ -317,6 +373,36 @@ mod tests {
 
     fn repo() -> Repository<Counter> {
         Repository::new(Arc::new(MemoryEventStore::new()))
+    }
+
+    #[tokio::test]
+    async fn a_write_through_cache_keeps_the_saved_decision_and_a_conflict_corrects_it() {
+        let repo = repo().with_write_through_cache(10);
+        let commit = |append: StreamAppend| Commit { appends: vec![append], ..Commit::default() };
+        let saved = repo.decide("c", &CounterCommand::Add(1)).await.unwrap().append().unwrap().unwrap();
+        repo.store().commit(commit(saved.clone())).await.unwrap();
+        repo.saved(&saved);
+        // Two decisions from version 1; the second one is saved: its state is the one kept.
+        let lost = repo.decide("c", &CounterCommand::Add(10)).await.unwrap();
+        let won = repo.decide("c", &CounterCommand::Add(100)).await.unwrap().append().unwrap().unwrap();
+        repo.store().commit(commit(won.clone())).await.unwrap();
+        repo.saved(&won);
+        drop(lost);
+        let cached = repo.load("c").await.unwrap();
+        assert_eq!((cached.version, cached.state.value), (2, 101));
+        // A writer elsewhere: the cache is trusted, not re-read, until a commit conflicts.
+        repo.store()
+            .append("counter-c", ExpectedVersion::Exact(2), vec![encode(&CounterEvent::Added { by: 1_000 }).unwrap()])
+            .await
+            .unwrap();
+        assert_eq!(repo.load("c").await.unwrap().state.value, 101, "trusted");
+        let stale = repo.decide("c", &CounterCommand::Add(1)).await.unwrap().append().unwrap().unwrap();
+        let Err(StoreError::WrongExpectedVersion { stream, .. }) = repo.store().commit(commit(stale)).await else {
+            panic!("a stale cached version conflicts")
+        };
+        repo.forget(&stream);
+        let fresh = repo.load("c").await.unwrap();
+        assert_eq!((fresh.version, fresh.state.value), (3, 1_101));
     }
 
     #[tokio::test]

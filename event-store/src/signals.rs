@@ -76,6 +76,11 @@ impl StreamWatch {
         self.receiver.borrow_and_update();
     }
 
+    /// Whether a commit to the stream came since the last [`StreamWatch::mark_seen`].
+    pub fn has_changed(&self) -> bool {
+        self.receiver.has_changed().unwrap_or(true)
+    }
+
     /// Resolves at the next unseen commit to the stream. Cancel-safe.
     pub async fn changed(&mut self) {
         if self.receiver.changed().await.is_err() {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use engine::envelope::Envelope;
 use engine::participant::{CommandHandler, Effect};
 use engine::{Error, Repository, Result};
-use event_store::EventStore;
+use event_store::{EventStore, StreamAppend};
 use serde_json::{json, Value};
 
 use crate::credit::{CreditCommand, CustomerCredit};
@@ -39,8 +39,15 @@ const CACHED_AGGREGATES: usize = 10_000;
 /// A snapshot every this many events, for cold starts of long histories.
 const SNAPSHOT_EVERY: u64 = 500;
 
+/// A participant's repository of long-lived aggregates (stock, credit): written through its
+/// cache, snapshotted for cold starts.
 fn repository<A: engine::Aggregate>(store: Arc<dyn EventStore>) -> Repository<A> {
-    Repository::new(store).with_cache(CACHED_AGGREGATES).with_snapshots_every(SNAPSHOT_EVERY)
+    Repository::new(store).with_write_through_cache(CACHED_AGGREGATES).with_snapshots_every(SNAPSHOT_EVERY)
+}
+
+/// A participant's repository of per-order aggregates (a handful of events each).
+fn per_order<A: engine::Aggregate>(store: Arc<dyn EventStore>) -> Repository<A> {
+    Repository::new(store).with_write_through_cache(CACHED_AGGREGATES).without_snapshots()
 }
 
 fn unknown(participant: &str, command: &Envelope) -> Error {
@@ -57,7 +64,7 @@ pub struct InventoryParticipant {
 
 impl InventoryParticipant {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { stock: repository(Arc::clone(&store)), reservations: Repository::new(store).without_snapshots() }
+        Self { stock: repository(Arc::clone(&store)), reservations: per_order(store) }
     }
 }
 
@@ -109,6 +116,18 @@ impl CommandHandler for InventoryParticipant {
         };
         Ok(Effect::success(appends, output))
     }
+
+    fn committed(&self, appends: &[StreamAppend]) {
+        for append in appends {
+            self.stock.saved(append);
+            self.reservations.saved(append);
+        }
+    }
+
+    fn conflicted(&self, stream: &str) {
+        self.stock.forget(stream);
+        self.reservations.forget(stream);
+    }
 }
 
 /// Creates, cancels and approves orders.
@@ -118,7 +137,7 @@ pub struct OrdersParticipant {
 
 impl OrdersParticipant {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { repo: Repository::new(store).with_cache(CACHED_AGGREGATES).without_snapshots() }
+        Self { repo: per_order(store) }
     }
 }
 
@@ -146,6 +165,16 @@ impl CommandHandler for OrdersParticipant {
             Err(other) => return Err(other),
         })
     }
+
+    fn committed(&self, appends: &[StreamAppend]) {
+        for append in appends {
+            self.repo.saved(append);
+        }
+    }
+
+    fn conflicted(&self, stream: &str) {
+        self.repo.forget(stream);
+    }
 }
 
 /// Takes payment by reserving customer credit, and refunds it. The order's [`Payment`]
@@ -158,7 +187,7 @@ pub struct PaymentsParticipant {
 
 impl PaymentsParticipant {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { accounts: repository(Arc::clone(&store)), payments: Repository::new(store).without_snapshots() }
+        Self { accounts: repository(Arc::clone(&store)), payments: per_order(store) }
     }
 }
 
@@ -195,6 +224,18 @@ impl CommandHandler for PaymentsParticipant {
             }
         }
         Ok(Effect::success(appends, json!({ "paid": input.total })))
+    }
+
+    fn committed(&self, appends: &[StreamAppend]) {
+        for append in appends {
+            self.accounts.saved(append);
+            self.payments.saved(append);
+        }
+    }
+
+    fn conflicted(&self, stream: &str) {
+        self.accounts.forget(stream);
+        self.payments.forget(stream);
     }
 }
 

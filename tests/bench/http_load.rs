@@ -31,7 +31,8 @@ impl PgCounters {
     /// `top` statements by calls with their calls and execution ms.
     fn per_saga(&self, later: &Self, sagas: usize, top: usize) -> String {
         let sagas = sagas.max(1) as f64;
-        let mut out = format!("PostgreSQL transactions per saga {:.1}", (later.transactions - self.transactions) as f64 / sagas);
+        let mut out =
+            format!("PostgreSQL transactions per saga {:.1}", (later.transactions - self.transactions) as f64 / sagas);
         let (Some(before), Some(after)) = (&self.statements, &later.statements) else { return out };
         let before: std::collections::HashMap<&str, (i64, f64)> =
             before.iter().map(|(q, c, t)| (q.as_str(), (*c, *t))).collect();

@@ -5,7 +5,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engine::aggregate::stream_id;
+use engine::coordinator::SagaView;
 use event_store::Commit;
+use sagas::definitions::ORDER_FULFILMENT;
 use sagas::order::Order;
 use sagas::order_input::NewOrder;
 use sagas::order_view::{OrderView, OrderViewStatus};
@@ -115,11 +117,24 @@ pub async fn get_order(
     let not_found = || ApiError::NotFound(format!("no order '{id}'"));
     // An order's id is its saga's id.
     let saga_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let mut saga = state.coordinator.load(saga_id).await?.ok_or_else(not_found)?;
-    let view = state.orders.view_of(&id, saga_id, &saga).await?.ok_or_else(not_found)?;
-    if view.status.is_terminal() || wait.is_zero() {
-        return Ok(Json(view));
-    }
+    let mut saga = match state.coordinator.in_memory(saga_id) {
+        // Followed from memory: a saga still running here is pending, and is waited for.
+        Some(running)
+            if !wait.is_zero()
+                && !running.state.status.is_terminal()
+                && running.state.definition.as_ref().is_some_and(|d| d.name == ORDER_FULFILMENT) =>
+        {
+            SagaView::clone(&running)
+        }
+        _ => {
+            let saga = state.coordinator.load(saga_id).await?.ok_or_else(not_found)?;
+            let view = state.orders.view_of(&id, saga_id, &saga).await?.ok_or_else(not_found)?;
+            if view.status.is_terminal() || wait.is_zero() {
+                return Ok(Json(view));
+            }
+            saga
+        }
+    };
     let _place = long_poll_place(&state, wait)?;
     // An order is terminal only once its saga is: follow the saga from where it was read
     // (its new events only), then build the order's view from the saga as followed. A saga

@@ -155,12 +155,13 @@ pub(super) enum Outcome {
 
 /// Writes `commit` on `executor`, running it again when an `Any` append lost a race (only
 /// outside an explicit transaction: inside one, the race fails the transaction).
-pub(super) async fn write<'c, E>(executor: E, commit: &Commit) -> Result<CommitResult>
+/// `notice`, when given, is sent to other processes when the commit's transaction commits.
+pub(super) async fn write<'c, E>(executor: E, commit: &Commit, notice: Option<&str>) -> Result<CommitResult>
 where
     E: sqlx::Executor<'c, Database = Postgres> + Copy,
 {
     for _ in 0..ANY_RETRIES {
-        match write_once(executor, commit).await? {
+        match write_once(executor, commit, notice).await? {
             Outcome::Written(result) => return Ok(result),
             Outcome::Refused(err) => return Err(err),
             Outcome::LostRace => continue,
@@ -174,14 +175,14 @@ pub(super) async fn write_in<'c, E>(executor: E, commit: &Commit) -> Result<Comm
 where
     E: sqlx::Executor<'c, Database = Postgres>,
 {
-    match write_once(executor, commit).await? {
+    match write_once(executor, commit, None).await? {
         Outcome::Written(result) => Ok(result),
         Outcome::Refused(err) => Err(err),
         Outcome::LostRace => Err(Error::Invalid("a concurrent writer took the stream's next version".into())),
     }
 }
 
-async fn write_once<'c, E>(executor: E, commit: &Commit) -> Result<Outcome>
+async fn write_once<'c, E>(executor: E, commit: &Commit, notice: Option<&str>) -> Result<Outcome>
 where
     E: sqlx::Executor<'c, Database = Postgres>,
 {
@@ -226,6 +227,7 @@ where
         .bind(&set)
         .bind(&due)
         .bind(&cancel)
+        .bind(notice)
         .fetch_all(executor)
         .await;
     match rows {

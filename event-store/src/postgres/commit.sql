@@ -9,13 +9,14 @@
 --  $8 text    processed consumer (NULL: none), $9 text processed message id
 --  $10 text[] outbox topics, $11 text[] keys, $12 bytea[] payloads, $13 jsonb[] headers
 --  $14 text[] timers to set, $15 timestamptz[] their times, $16 text[] timers to cancel
+--  $17 text   the notice to other processes (NULL: none), sent when the transaction commits
 -- The statement is put together per commit (commit.rs): the parts a commit has nothing for
 -- are left out, as their setup costs more than the rest when they write nothing.
 -- part: head
 WITH params AS (
     -- Never read: names every parameter's type whichever parts are left out.
     SELECT $8::text, $9::text, $10::text[], $11::text[], $12::bytea[], $13::jsonb[], $14::text[],
-           $15::timestamptz[], $16::text[]
+           $15::timestamptz[], $16::text[], $17::text
 ), appends AS MATERIALIZED (
     SELECT a.i, a.stream, a.expected,
            (SELECT coalesce(max(e.version), 0) FROM events e WHERE e.stream_id = a.stream) AS at_version
@@ -88,5 +89,8 @@ SELECT v.i, v.at_version, v.n_new, v.already_stored, v.failure, v.stored_elsewhe
        CASE WHEN v.already_stored
             THEN ARRAY(SELECT s.global_position FROM stored s WHERE s.ai = v.i ORDER BY s.n)
             ELSE {inserted_positions}
-       END AS positions
+       END AS positions,
+       -- NOTIFY_CHANNEL (notices.rs); evaluated once, and only when the commit is written.
+       (SELECT count(*) FROM (SELECT pg_notify('sagaflow_commits', $17::text)) AS n
+         WHERE $17::text IS NOT NULL AND (SELECT ok FROM ok)) AS notified
   FROM verdicts v ORDER BY v.i

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::commit::{self, Columns, Outcome};
+use super::notices::notice_of;
 use crate::error::{Error, Result};
 use crate::model::{Commit, CommitResult, TimerChange};
 
@@ -23,11 +24,18 @@ const GROUP_COMMIT_SQL: &str = include_str!("group_commit.sql");
 /// The most commits written in one statement.
 const MAX_GROUP: usize = 256;
 /// Groups written at once, each on its own connection.
-const GROUPS_IN_FLIGHT: usize = 4;
+const GROUPS_IN_FLIGHT: usize = 2;
 
 /// Hands commits to the group writer and waits for their verdicts.
 pub(super) struct GroupCommitter {
     queue: mpsc::UnboundedSender<Pending>,
+}
+
+/// What every group's writer needs.
+struct Writer {
+    pool: PgPool,
+    /// This process, in the notices its commits send.
+    instance: String,
 }
 
 struct Pending {
@@ -39,9 +47,9 @@ struct Pending {
 
 impl GroupCommitter {
     /// Starts the group writer on `pool`; it stops when `cancel` fires.
-    pub(super) fn start(pool: PgPool, cancel: CancellationToken) -> Self {
+    pub(super) fn start(pool: PgPool, instance: String, cancel: CancellationToken) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, receiver, cancel));
+        tokio::spawn(run(Arc::new(Writer { pool, instance }), receiver, cancel));
         Self { queue }
     }
 
@@ -69,7 +77,7 @@ fn keys_of(commit: &Commit) -> Vec<String> {
     streams.chain(processed).chain(timers).collect()
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::UnboundedReceiver<Pending>, cancel: CancellationToken) {
+async fn run(writer: Arc<Writer>, mut queue: mpsc::UnboundedReceiver<Pending>, cancel: CancellationToken) {
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     let mut busy: HashSet<String> = HashSet::new();
     let mut writing: JoinSet<Vec<String>> = JoinSet::new();
@@ -82,9 +90,9 @@ async fn run(pool: PgPool, mut queue: mpsc::UnboundedReceiver<Pending>, cancel: 
             if !group.is_empty() {
                 let keys: Vec<String> = group.iter().flat_map(|p| p.keys.iter().cloned()).collect();
                 busy.extend(keys.iter().cloned());
-                let pool = pool.clone();
+                let writer = Arc::clone(&writer);
                 writing.spawn(async move {
-                    write_group(&pool, group).await;
+                    write_group(&writer, group).await;
                     keys
                 });
                 continue;
@@ -140,10 +148,10 @@ fn take_group(waiting: &mut VecDeque<Pending>, busy: &HashSet<String>) -> Vec<Pe
 /// Writes a group and answers each commit. A group the database refuses as a whole (a
 /// concurrent writer in another process tripped a unique key, or the connection failed) is
 /// written again one commit at a time, each with its own verdict.
-async fn write_group(pool: &PgPool, group: Vec<Pending>) {
+async fn write_group(writer: &Writer, group: Vec<Pending>) {
     metrics::histogram!("sagaflow_group_commit_size").record(group.len() as f64);
     if group.len() > 1 {
-        match write_together(pool, &group).await {
+        match write_together(writer, &group).await {
             Ok(verdicts) => {
                 for (pending, verdict) in group.into_iter().zip(verdicts) {
                     let _ = pending.reply.send(verdict);
@@ -156,18 +164,20 @@ async fn write_group(pool: &PgPool, group: Vec<Pending>) {
         }
     }
     let alone = group.into_iter().map(|pending| async move {
-        let verdict = commit::write(pool, &pending.commit).await;
+        let notice = notice_of(&writer.instance, pending.commit.appends.iter().map(|a| a.stream_id.as_str()));
+        let verdict = commit::write(&writer.pool, &pending.commit, notice.as_deref()).await;
         let _ = pending.reply.send(verdict);
     });
     futures::future::join_all(alone).await;
 }
 
 /// One statement for the whole group; a verdict per commit, in the group's order.
-async fn write_together(pool: &PgPool, group: &[Pending]) -> Result<Vec<Result<CommitResult>>> {
+async fn write_together(writer: &Writer, group: &[Pending]) -> Result<Vec<Result<CommitResult>>> {
     let mut columns = Columns::default();
     for pending in group {
         columns.add(&pending.commit);
     }
+    let notice = notice_of(&writer.instance, columns.streams.iter().copied());
     let rows = sqlx::query(GROUP_COMMIT_SQL)
         .bind(&columns.streams)
         .bind(&columns.expected)
@@ -191,7 +201,8 @@ async fn write_together(pool: &PgPool, group: &[Pending]) -> Result<Vec<Result<C
         .bind(&columns.cancel_commit)
         .bind(&columns.cancel)
         .bind(columns.commits)
-        .fetch_all(pool)
+        .bind(notice)
+        .fetch_all(&writer.pool)
         .await?;
     // Rows come in commit order: each append's, then "processed" for a message seen before.
     let mut appends: Vec<Vec<&PgRow>> = vec![Vec::new(); group.len()];

@@ -13,6 +13,7 @@
 --  $17 int4[] commit of each timer to set, $18 text[] its key, $19 timestamptz[] its time
 --  $20 int4[] commit of each timer to cancel, $21 text[] its key
 --  $22 int4   how many commits
+--  $23 text   the notice to other processes (NULL: none), sent when the transaction commits
 WITH appends AS MATERIALIZED (
     SELECT a.i, a.c, a.stream, a.expected,
            (SELECT coalesce(max(e.version), 0) FROM events e WHERE e.stream_id = a.stream) AS at_version
@@ -90,8 +91,11 @@ SELECT v.c, v.i, v.at_version, v.n_new, v.already_stored, v.failure, v.stored_el
        CASE WHEN v.already_stored
             THEN ARRAY(SELECT s.global_position FROM stored s WHERE s.ai = v.i ORDER BY s.n)
             ELSE ARRAY(SELECT r.global_position FROM inserted r WHERE r.stream_id = v.stream ORDER BY r.version)
-       END AS positions
+       END AS positions,
+       -- NOTIFY_CHANNEL (notices.rs); evaluated once.
+       (SELECT count(*) FROM (SELECT pg_notify('sagaflow_commits', $23::text)) AS n
+         WHERE $23::text IS NOT NULL) AS notified
   FROM verdicts v
 UNION ALL
-SELECT p.c, NULL, NULL, NULL, NULL, 'processed', NULL, NULL FROM processed_in p WHERE p.seen
+SELECT p.c, NULL, NULL, NULL, NULL, 'processed', NULL, NULL, NULL FROM processed_in p WHERE p.seen
 ORDER BY 1, 2 NULLS LAST

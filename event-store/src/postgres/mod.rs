@@ -25,7 +25,7 @@ use sqlx::{Postgres, Row, Transaction};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use self::group_commit::GroupCommitter;
-use self::notices::{listen_for_commits, Announcer, NOTIFY_CHANNEL};
+use self::notices::{listen_for_commits, new_instance, NOTIFY_CHANNEL};
 
 use crate::error::Result;
 use crate::model::{
@@ -66,7 +66,6 @@ pub const SESSION_SETTINGS: [(&str, &str); 2] = [("plan_cache_mode", "force_gene
 pub struct PgEventStore {
     pool: PgPool,
     signals: Arc<CommitSignals>,
-    announcer: Arc<Announcer>,
     group: Arc<GroupCommitter>,
     _tasks: Arc<DropGuard>,
 }
@@ -94,14 +93,13 @@ impl PgEventStore {
     /// Uses an existing pool whose database already has the schema.
     pub async fn from_pool(pool: PgPool) -> Result<Self> {
         let signals = Arc::new(CommitSignals::default());
-        let announcer = Arc::new(Announcer::new());
+        let instance = new_instance();
         let cancel = CancellationToken::new();
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
-        tokio::spawn(listen_for_commits(listener, Arc::clone(&signals), announcer.instance.clone(), cancel.clone()));
-        tokio::spawn(Arc::clone(&announcer).run(pool.clone(), cancel.clone()));
-        let group = Arc::new(GroupCommitter::start(pool.clone(), cancel.clone()));
-        Ok(Self { pool, signals, announcer, group, _tasks: Arc::new(cancel.drop_guard()) })
+        tokio::spawn(listen_for_commits(listener, Arc::clone(&signals), instance.clone(), cancel.clone()));
+        let group = Arc::new(GroupCommitter::start(pool.clone(), instance, cancel.clone()));
+        Ok(Self { pool, signals, group, _tasks: Arc::new(cancel.drop_guard()) })
     }
 
     /// The underlying pool.
@@ -121,9 +119,7 @@ impl PgEventStore {
 
     async fn commit_tx(&self, commit: Arc<Commit>) -> Result<CommitResult> {
         // One statement outside a transaction block, alone or with the commits of a group.
-        let result = self.group.commit(Arc::clone(&commit)).await?;
-        self.announcer.announce(&commit);
-        Ok(result)
+        self.group.commit(commit).await
     }
 }
 

@@ -1,16 +1,14 @@
-//! Commit notices between processes: one task announces this process's commits with few,
-//! coalesced NOTIFYs, and a listener wakes local waiters for other processes' commits.
+//! Commit notices between processes: each commit statement carries a NOTIFY of the streams
+//! it wrote, and a listener wakes local waiters for other processes' commits.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::Notify;
+use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::model::Commit;
 use crate::signals::CommitSignals;
 
 pub(super) const NOTIFY_CHANNEL: &str = "sagaflow_commits";
@@ -19,73 +17,42 @@ const MAX_NOTICE_BYTES: usize = 7_000;
 /// The notice entry that means "any stream may have changed".
 const ANY_STREAM: &str = "*";
 
-/// Tells other processes about this process's commits: one task, one NOTIFY at a time,
-/// carrying every stream committed since the last one. Commits never wait for it.
-pub(super) struct Announcer {
-    /// Tells this process's own notices from others'.
-    pub(super) instance: String,
-    pending: Mutex<Pending>,
-    ready: Notify,
-}
-
-#[derive(Default)]
-struct Pending {
-    any: bool,
-    streams: BTreeSet<String>,
-    bytes: usize,
-}
-
-impl Announcer {
-    pub(super) fn new() -> Self {
-        Self { instance: Uuid::new_v4().simple().to_string(), pending: Mutex::default(), ready: Notify::new() }
-    }
-
-    pub(super) fn announce(&self, commit: &Commit) {
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            pending.any = true;
-            for append in &commit.appends {
-                let stream = &append.stream_id;
-                if pending.bytes + stream.len() + 1 > MAX_NOTICE_BYTES || stream.contains('\n') || stream == ANY_STREAM
-                {
-                    pending.streams.clear();
-                    pending.streams.insert(ANY_STREAM.to_owned());
-                    pending.bytes = MAX_NOTICE_BYTES;
-                } else if !pending.streams.contains(ANY_STREAM) && pending.streams.insert(stream.clone()) {
-                    pending.bytes += stream.len() + 1;
-                }
-            }
+/// The notice a commit statement sends (`pg_notify`, delivered when its transaction
+/// commits, so it costs no transaction of its own): `instance`, then one stream per line, or
+/// `*` when they would not fit. `None` when no stream was written.
+pub(super) fn notice_of<'a>(instance: &str, streams: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut unique: BTreeSet<&str> = BTreeSet::new();
+    let mut bytes = 0;
+    let mut any = false;
+    for stream in streams {
+        if any {
+            continue;
         }
-        self.ready.notify_one();
-    }
-
-    /// The next notice: this instance, then one stream per line (or `*`).
-    fn take(&self) -> Option<String> {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        pending.any.then(|| {
-            let mut notice = self.instance.clone();
-            for stream in pending.streams {
-                notice.push('\n');
-                notice.push_str(&stream);
-            }
-            notice
-        })
-    }
-
-    pub(super) async fn run(self: Arc<Self>, pool: PgPool, cancel: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = self.ready.notified() => {}
-            }
-            let Some(notice) = self.take() else { continue };
-            let sent = sqlx::query("SELECT pg_notify($1, $2)").bind(NOTIFY_CHANNEL).bind(&notice).execute(&pool).await;
-            if let Err(err) = sent {
-                // Other processes' waiters fall back to their polls.
-                tracing::warn!(error = %err, "cannot announce commits to other processes");
-            }
+        if bytes + stream.len() + 1 > MAX_NOTICE_BYTES || stream.contains('\n') || stream == ANY_STREAM {
+            any = true;
+        } else if unique.insert(stream) {
+            bytes += stream.len() + 1;
         }
     }
+    if unique.is_empty() && !any {
+        return None;
+    }
+    let mut notice = instance.to_owned();
+    if any {
+        notice.push('\n');
+        notice.push_str(ANY_STREAM);
+        return Some(notice);
+    }
+    for stream in unique {
+        notice.push('\n');
+        notice.push_str(stream);
+    }
+    Some(notice)
+}
+
+/// Tells this process's notices from others'.
+pub(super) fn new_instance() -> String {
+    Uuid::new_v4().simple().to_string()
 }
 
 pub(super) async fn listen_for_commits(
