@@ -24,6 +24,12 @@ pub use crate::transport::DEFAULT_PIPELINE;
 /// How long a relay holds the outbox unless it renews its lease; it renews every third of it,
 /// so a crashed relay's outbox passes to another within seconds.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// How often the relay records how far it published (once per batch would be one write per
+/// few messages under light load). After a crash, what it published since is published again,
+/// and dropped by its consumers as duplicates.
+const RECORD_EVERY: Duration = Duration::from_millis(100);
+/// How long an idle relay lets commits gather after a signal before it reads them.
+const READ_GATHER: Duration = Duration::from_millis(1);
 
 /// How long a stopping relay tries to publish what is left.
 const FLUSH_ON_STOP: Duration = Duration::from_secs(5);
@@ -186,6 +192,10 @@ impl OutboxRelay {
         // Read to the end: nothing more to read until a commit (or the idle poll) says so.
         let mut drained = false;
         let mut in_flight = futures::stream::FuturesOrdered::new();
+        // Published up to `held`, recorded up to what the last record said: the position is
+        // recorded once per RECORD_EVERY, not per batch (a crash publishes the rest again).
+        let mut unrecorded = false;
+        let mut last_record = tokio::time::Instant::now();
         let mut renew = tokio::time::interval(self.lease / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -240,9 +250,18 @@ impl OutboxRelay {
                 };
                 tokio::select! {
                     () = cancel.cancelled() => break,
-                    _ = changes.changed() => drained = false,
+                    _ = changes.changed() => {
+                        // Let the commits of the moment gather: one read takes them all.
+                        tokio::time::sleep(READ_GATHER).await;
+                        drained = false;
+                    }
                     () = tokio::time::sleep(wait) => drained = false,
-                    _ = renew.tick() => held = self.renew(published).await,
+                    () = tokio::time::sleep_until(last_record + RECORD_EVERY), if unrecorded => {
+                        (held, unrecorded, last_record) = (self.renew(published).await, false, tokio::time::Instant::now());
+                    }
+                    _ = renew.tick() => {
+                        (held, unrecorded, last_record) = (self.renew(published).await, false, tokio::time::Instant::now());
+                    }
                 }
                 // A failed read or batch is tried again after its backoff.
                 if failures > 0 && in_flight.is_empty() {
@@ -257,7 +276,7 @@ impl OutboxRelay {
                     continue;
                 }
                 _ = renew.tick() => {
-                    held = self.renew(published).await;
+                    (held, unrecorded, last_record) = (self.renew(published).await, false, tokio::time::Instant::now());
                     if held.is_none() {
                         in_flight = futures::stream::FuturesOrdered::new();
                     }
@@ -267,19 +286,18 @@ impl OutboxRelay {
             };
             let Some((end, result)) = done else { continue };
             match result {
-                Ok(()) if failures == 0 => match self.store.advance_outbox(&self.relay_id, end, self.lease).await {
-                    Ok(true) => held = Some(end),
-                    Ok(false) => {
-                        tracing::warn!(relay = %self.relay_id, "outbox relay lost the outbox to another relay");
-                        held = None;
-                        in_flight = futures::stream::FuturesOrdered::new();
+                Ok(()) if failures == 0 => {
+                    held = Some(end);
+                    unrecorded = true;
+                    if last_record.elapsed() >= RECORD_EVERY {
+                        // A record that fails leaves it to a later one, or the next holder
+                        // publishes the rest again.
+                        (held, unrecorded, last_record) = (self.renew(end).await, false, tokio::time::Instant::now());
+                        if held.is_none() {
+                            in_flight = futures::stream::FuturesOrdered::new();
+                        }
                     }
-                    // Published, but not recorded: a later batch's record covers it, or the next
-                    // holder publishes it again.
-                    Err(err) => {
-                        tracing::warn!(relay = %self.relay_id, error = %err, "cannot record the outbox position")
-                    }
-                },
+                }
                 // Behind a failed batch: not recorded; read again from the recorded position.
                 Ok(()) => {}
                 Err(err) => {
@@ -299,6 +317,9 @@ impl OutboxRelay {
             }
         }
         drop(in_flight);
+        if let (Some(published), true) = (held, unrecorded) {
+            self.renew(published).await;
+        }
         // Bounded: with the transport gone, what is left simply stays in the outbox.
         match tokio::time::timeout(FLUSH_ON_STOP, self.flush()).await {
             Ok(Ok(n)) => tracing::info!(relay = %self.relay_id, flushed = n, "outbox relay stopped"),

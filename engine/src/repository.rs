@@ -56,6 +56,9 @@ pub struct Repository<A> {
     cache: Option<Arc<StateCache<A>>>,
     /// With a write-through cache: the states decided and not yet reported saved.
     decided: Option<Arc<DecidedStates<A>>>,
+    /// When set, a decision on an aggregate missing from the cache takes it as new, unless
+    /// it is listed here (a conflict showed that it exists).
+    assume_new: Option<Arc<Mutex<LruCache<String, ()>>>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -74,6 +77,7 @@ impl<A> Clone for Repository<A> {
             max_attempts: self.max_attempts,
             cache: self.cache.clone(),
             decided: self.decided.clone(),
+            assume_new: self.assume_new.clone(),
             _aggregate: PhantomData,
         }
     }
@@ -89,6 +93,7 @@ impl<A: Aggregate> Repository<A> {
             max_attempts: 5,
             cache: None,
             decided: None,
+            assume_new: None,
             _aggregate: PhantomData,
         }
     }
@@ -125,6 +130,18 @@ impl<A: Aggregate> Repository<A> {
         self
     }
 
+    /// For aggregates that are new when first met (one per order), with a write-through
+    /// cache: a decision on an aggregate the cache does not hold takes it as new, and reads
+    /// nothing. Its append then expects no stream, so an aggregate that exists after all costs
+    /// one conflict, after which it is read; a decision that changes nothing is made again on
+    /// the stored state.
+    #[must_use]
+    pub fn assuming_new_on_a_miss(mut self) -> Self {
+        let capacity = self.cache.as_ref().map_or(0, |c| c.lock().unwrap_or_else(PoisonError::into_inner).cap().get());
+        self.assume_new = NonZeroUsize::new(capacity).map(|c| Arc::new(Mutex::new(LruCache::new(c))));
+        self
+    }
+
     /// A decision's append was committed: with a write-through cache, the state it left is
     /// now the aggregate's cached state. Appends to other aggregates are ignored.
     pub fn saved(&self, append: &StreamAppend) {
@@ -147,6 +164,9 @@ impl<A: Aggregate> Repository<A> {
         let Some(cache) = &self.cache else { return };
         let Some(id) = stream.strip_prefix(A::TYPE).and_then(|rest| rest.strip_prefix('-')) else { return };
         cache.lock().unwrap_or_else(PoisonError::into_inner).pop(id);
+        if let Some(existing) = &self.assume_new {
+            existing.lock().unwrap_or_else(PoisonError::into_inner).put(id.to_owned(), ());
+        }
     }
 
     /// Takes a snapshot whenever a save crosses a multiple of `every` events.
@@ -166,6 +186,18 @@ impl<A: Aggregate> Repository<A> {
     /// The store behind this repository.
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
+    }
+
+    /// A new aggregate, when this repository assumes one on a miss and the cache holds none.
+    fn assumed_new(&self, id: &str) -> Option<Loaded<A>> {
+        let existing = self.assume_new.as_ref()?;
+        let cache = self.cache.as_ref()?;
+        if cache.lock().unwrap_or_else(PoisonError::into_inner).contains(id)
+            || existing.lock().unwrap_or_else(PoisonError::into_inner).pop(id).is_some()
+        {
+            return None;
+        }
+        Some(Loaded { id: id.to_owned(), state: A::default(), version: 0 })
     }
 
     /// The current state: the cached state, or the latest snapshot, plus the events after it.
@@ -248,8 +280,17 @@ impl<A: Aggregate> Repository<A> {
     /// commit the events together with more (several aggregates, a reply, …). A refusal is
     /// [`Error::Rejected`].
     pub async fn decide(&self, id: &str, command: &A::Command) -> Result<Decided<A>> {
-        let loaded = self.load(id).await?;
-        let events = loaded.state.handle(command).map_err(|e| Error::Rejected(e.to_string()))?;
+        let mut loaded = match self.assumed_new(id) {
+            Some(new) => new,
+            None => self.load(id).await?,
+        };
+        let mut events = loaded.state.handle(command);
+        if loaded.version == 0 && events.as_ref().map_or(true, Vec::is_empty) && self.assume_new.is_some() {
+            // Nothing to append would check the assumption: decide on the stored state.
+            loaded = self.load(id).await?;
+            events = loaded.state.handle(command);
+        }
+        let events = events.map_err(|e| Error::Rejected(e.to_string()))?;
         let encoded = if events.is_empty() { None } else { Some(Self::append_for(&loaded, &events)?) };
         let first = encoded.as_ref().and_then(|append| append.events.first().map(|e| e.event_id));
         if let (Some(states), Some(first)) = (&self.decided, first) {
@@ -373,6 +414,29 @@ mod tests {
 
     fn repo() -> Repository<Counter> {
         Repository::new(Arc::new(MemoryEventStore::new()))
+    }
+
+    #[tokio::test]
+    async fn an_aggregate_assumed_new_that_exists_costs_one_conflict_then_is_read() {
+        let repo = repo().with_write_through_cache(10).assuming_new_on_a_miss();
+        let added = |by| vec![encode(&CounterEvent::Added { by }).unwrap()];
+        repo.store().append("counter-c", ExpectedVersion::NoStream, added(5)).await.unwrap();
+        let assumed = repo.decide("c", &CounterCommand::Add(1)).await.unwrap();
+        assert_eq!(assumed.loaded.version, 0, "taken as new without a read");
+        let append = assumed.append().unwrap().unwrap();
+        let Err(StoreError::WrongExpectedVersion { stream, .. }) =
+            repo.store().commit(Commit { appends: vec![append], ..Commit::default() }).await
+        else {
+            panic!("the assumption is checked at commit")
+        };
+        repo.forget(&stream);
+        let read = repo.decide("c", &CounterCommand::Add(1)).await.unwrap();
+        assert_eq!((read.loaded.version, read.loaded.state.value), (1, 5), "read after the conflict");
+        // A decision that appends nothing cannot check the assumption: it is made on the store.
+        let other = repo.clone();
+        other.store().append("counter-d", ExpectedVersion::NoStream, added(7)).await.unwrap();
+        let nothing = other.decide("d", &CounterCommand::Add(0)).await.unwrap();
+        assert_eq!(nothing.loaded.version, 1);
     }
 
     #[tokio::test]

@@ -47,7 +47,7 @@ fn repository<A: engine::Aggregate>(store: Arc<dyn EventStore>) -> Repository<A>
 
 /// A participant's repository of per-order aggregates (a handful of events each).
 fn per_order<A: engine::Aggregate>(store: Arc<dyn EventStore>) -> Repository<A> {
-    Repository::new(store).with_write_through_cache(CACHED_AGGREGATES).without_snapshots()
+    Repository::new(store).with_write_through_cache(CACHED_AGGREGATES).without_snapshots().assuming_new_on_a_miss()
 }
 
 fn unknown(participant: &str, command: &Envelope) -> Error {
