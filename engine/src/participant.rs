@@ -13,6 +13,7 @@ use crate::consumer_loop::MessageHandler;
 use crate::dead_letter::send_to_dead_letter;
 use crate::envelope::{child_traceparent, Envelope, MessageKind, Outcome, HEADER_TRACEPARENT};
 use crate::error::{Error, Result};
+use crate::repository::SavedAppend;
 use crate::saga::Failure;
 use crate::topics::Topics;
 use crate::trace_context;
@@ -45,7 +46,7 @@ pub trait CommandHandler: Send + Sync + 'static {
 
     /// The effect's appends were committed: a handler with a write-through cache keeps the
     /// states they left.
-    fn committed(&self, _appends: &[StreamAppend]) {}
+    fn committed(&self, _saved: &[SavedAppend]) {}
 
     /// A commit failed on `stream`'s expected version: what is cached of it is stale.
     fn conflicted(&self, _stream: &str) {}
@@ -119,12 +120,13 @@ impl ParticipantRuntime {
             let trace = trace_context::current().unwrap_or_else(|| {
                 child_traceparent(delivery.headers.get(HEADER_TRACEPARENT).map(String::as_str), command.saga_id)
             });
-            let commit = Commit { appends: effect.appends.clone(), ..Commit::default() }
+            let saved: Vec<SavedAppend> = effect.appends.iter().map(SavedAppend::from).collect();
+            let commit = Commit { appends: effect.appends, ..Commit::default() }
                 .with_message(reply.to_message(&topic, Some(&trace)))
                 .processing(self.consumer_name(), command.message_id.clone());
             match self.store.commit(commit).await {
                 Ok(_) => {
-                    self.handler.committed(&effect.appends);
+                    self.handler.committed(&saved);
                     return Ok(CommandHandled::Applied);
                 }
                 Err(StoreError::AlreadyProcessed { .. }) => return Ok(CommandHandled::Duplicate),

@@ -47,6 +47,20 @@ impl<A: Aggregate> Decided<A> {
     }
 }
 
+/// What a write-through cache needs to know of a committed append: which stream, and which
+/// decision (by its first event's id). Cheap to keep across a commit, unlike the events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedAppend {
+    pub stream_id: String,
+    pub first_event: Option<uuid::Uuid>,
+}
+
+impl From<&StreamAppend> for SavedAppend {
+    fn from(append: &StreamAppend) -> Self {
+        Self { stream_id: append.stream_id.clone(), first_event: append.events.first().map(|e| e.event_id) }
+    }
+}
+
 /// Loads and saves aggregates of type `A`.
 pub struct Repository<A> {
     store: Arc<dyn EventStore>,
@@ -144,10 +158,10 @@ impl<A: Aggregate> Repository<A> {
 
     /// A decision's append was committed: with a write-through cache, the state it left is
     /// now the aggregate's cached state. Appends to other aggregates are ignored.
-    pub fn saved(&self, append: &StreamAppend) {
+    pub fn saved(&self, append: &SavedAppend) {
         let (Some(cache), Some(decided)) = (&self.cache, &self.decided) else { return };
-        let Some(first) = append.events.first() else { return };
-        let Some(after) = decided.lock().unwrap_or_else(PoisonError::into_inner).pop(&first.event_id) else { return };
+        let Some(first) = append.first_event else { return };
+        let Some(after) = decided.lock().unwrap_or_else(PoisonError::into_inner).pop(&first) else { return };
         if stream_id::<A>(&after.id) != append.stream_id {
             return;
         }
@@ -445,12 +459,12 @@ mod tests {
         let commit = |append: StreamAppend| Commit { appends: vec![append], ..Commit::default() };
         let saved = repo.decide("c", &CounterCommand::Add(1)).await.unwrap().append().unwrap().unwrap();
         repo.store().commit(commit(saved.clone())).await.unwrap();
-        repo.saved(&saved);
+        repo.saved(&SavedAppend::from(&saved));
         // Two decisions from version 1; the second one is saved: its state is the one kept.
         let lost = repo.decide("c", &CounterCommand::Add(10)).await.unwrap();
         let won = repo.decide("c", &CounterCommand::Add(100)).await.unwrap().append().unwrap().unwrap();
         repo.store().commit(commit(won.clone())).await.unwrap();
-        repo.saved(&won);
+        repo.saved(&SavedAppend::from(&won));
         drop(lost);
         let cached = repo.load("c").await.unwrap();
         assert_eq!((cached.version, cached.state.value), (2, 101));

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use engine::envelope::Envelope;
 use engine::participant::{CommandHandler, Effect};
+use engine::repository::SavedAppend;
 use engine::{Error, Repository, Result};
-use event_store::{EventStore, StreamAppend};
+use event_store::EventStore;
 use serde_json::{json, Value};
 
 use crate::credit::{CreditCommand, CustomerCredit};
@@ -117,7 +118,7 @@ impl CommandHandler for InventoryParticipant {
         Ok(Effect::success(appends, output))
     }
 
-    fn committed(&self, appends: &[StreamAppend]) {
+    fn committed(&self, appends: &[SavedAppend]) {
         for append in appends {
             self.stock.saved(append);
             self.reservations.saved(append);
@@ -166,7 +167,7 @@ impl CommandHandler for OrdersParticipant {
         })
     }
 
-    fn committed(&self, appends: &[StreamAppend]) {
+    fn committed(&self, appends: &[SavedAppend]) {
         for append in appends {
             self.repo.saved(append);
         }
@@ -226,7 +227,7 @@ impl CommandHandler for PaymentsParticipant {
         Ok(Effect::success(appends, json!({ "paid": input.total })))
     }
 
-    fn committed(&self, appends: &[StreamAppend]) {
+    fn committed(&self, appends: &[SavedAppend]) {
         for append in appends {
             self.accounts.saved(append);
             self.payments.saved(append);

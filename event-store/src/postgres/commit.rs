@@ -14,6 +14,15 @@ use crate::error::{Error, Result};
 use crate::model::{i64_of, u64_of, AppendResult, Commit, CommitResult, ExpectedVersion, TimerChange};
 
 const COMMIT_SQL: &str = include_str!("commit.sql");
+/// The checks every append gets, in both the one-commit and the group statement.
+const APPEND_CHECKS: &str = include_str!("append_checks.sql");
+/// Where a statement takes [`APPEND_CHECKS`].
+const APPEND_CHECKS_AT: &str = "-- include: append_checks";
+
+/// `sql` with the shared append checks in place.
+pub(super) fn with_append_checks(sql: &str) -> String {
+    sql.replace(APPEND_CHECKS_AT, APPEND_CHECKS)
+}
 
 /// The parts of `commit.sql` a commit may leave out, as bits of a variant's index.
 const OPTIONAL: [&str; 5] = ["events", "processed", "outbox", "timers_set", "timers_cancelled"];
@@ -23,9 +32,10 @@ const OPTIONAL: [&str; 5] = ["events", "processed", "outbox", "timers_set", "tim
 fn statement(parts: usize) -> &'static str {
     static VARIANTS: OnceLock<Vec<String>> = OnceLock::new();
     let variants = VARIANTS.get_or_init(|| {
+        let sql = with_append_checks(COMMIT_SQL);
         let mut sections: HashMap<&str, String> = HashMap::new();
         let mut current = "preamble";
-        for line in COMMIT_SQL.lines() {
+        for line in sql.lines() {
             match line.strip_prefix("-- part: ") {
                 Some(name) => current = name.trim(),
                 None => sections.entry(current).or_default().push_str(&format!("{line}\n")),
@@ -51,7 +61,7 @@ fn statement(parts: usize) -> &'static str {
             })
             .collect()
     });
-    variants.get(parts).map_or(COMMIT_SQL, String::as_str)
+    variants.get(parts).map_or("", String::as_str)
 }
 
 /// How often a commit whose `Any` append lost a race for the stream's next version is

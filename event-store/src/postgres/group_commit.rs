@@ -6,7 +6,7 @@
 //! latency when there is nothing to share.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -19,7 +19,11 @@ use super::notices::notice_of;
 use crate::error::{Error, Result};
 use crate::model::{Commit, CommitResult, TimerChange};
 
-const GROUP_COMMIT_SQL: &str = include_str!("group_commit.sql");
+/// The group statement, with the append checks it shares with the one-commit statement.
+fn group_commit_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| commit::with_append_checks(include_str!("group_commit.sql")))
+}
 
 /// The most commits written in one statement.
 const MAX_GROUP: usize = 256;
@@ -178,15 +182,15 @@ async fn write_together(writer: &Writer, group: &[Pending]) -> Result<Vec<Result
         columns.add(&pending.commit);
     }
     let notice = notice_of(&writer.instance, columns.streams.iter().copied());
-    let rows = sqlx::query(GROUP_COMMIT_SQL)
+    let rows = sqlx::query(group_commit_sql())
         .bind(&columns.streams)
         .bind(&columns.expected)
-        .bind(&columns.append_commit)
         .bind(&columns.owner)
         .bind(&columns.ids)
         .bind(&columns.types)
         .bind(&columns.data)
         .bind(&columns.metadata)
+        .bind(&columns.append_commit)
         .bind(&columns.processed_commit)
         .bind(&columns.consumers)
         .bind(&columns.message_ids)

@@ -6,8 +6,8 @@
 -- writes. A concurrent writer in another transaction is caught by the unique keys, which fail
 -- the whole statement; group_commit.rs then writes each commit alone.
 --  $1 text[]  stream of each append        $2 int8[] its expectation: -1 any, 0 no stream, n version n
---  $3 int4[]  commit (1-based) of each append
---  $4 int4[]  append (1-based) of each event, $5 uuid[] its id, $6 text[] type, $7 jsonb[] data, $8 jsonb[] metadata
+--  $3 int4[]  append (1-based) of each event, $4 uuid[] its id, $5 text[] type, $6 jsonb[] data, $7 jsonb[] metadata
+--  $8 int4[]  commit (1-based) of each append
 --  $9 int4[]  commit of each processed record, $10 text[] its consumer, $11 text[] its message id
 --  $12 int4[] commit of each outbox message, $13 text[] topics, $14 text[] keys, $15 bytea[] payloads, $16 jsonb[] headers
 --  $17 int4[] commit of each timer to set, $18 text[] its key, $19 timestamptz[] its time
@@ -17,33 +17,8 @@
 WITH appends AS MATERIALIZED (
     SELECT a.i, a.c, a.stream, a.expected,
            (SELECT coalesce(max(e.version), 0) FROM events e WHERE e.stream_id = a.stream) AS at_version
-      FROM unnest($1::text[], $2::int8[], $3::int4[]) WITH ORDINALITY AS a(stream, expected, c, i)
-), new_events AS (
-    SELECT x.ai, x.id, x.type, x.data, x.metadata, x.n,
-           row_number() OVER (PARTITION BY x.ai ORDER BY x.n) AS k
-      FROM unnest($4::int4[], $5::uuid[], $6::text[], $7::jsonb[], $8::jsonb[]) WITH ORDINALITY AS x(ai, id, type, data, metadata, n)
-), stored AS (
-    SELECT ne.ai, ne.n, ev.stream_id, ev.global_position
-      FROM (SELECT event_id, stream_id, global_position FROM events WHERE event_id = ANY($5::uuid[])) ev
-      JOIN new_events ne ON ne.id = ev.event_id
-), checked AS MATERIALIZED (
-    SELECT a.*,
-           (SELECT count(*) FROM new_events ne WHERE ne.ai = a.i) AS n_new,
-           (SELECT count(*) FROM stored s WHERE s.ai = a.i AND s.stream_id = a.stream) AS n_stored,
-           (SELECT min(ne.id::text) FROM stored s JOIN new_events ne ON ne.n = s.n
-             WHERE s.ai = a.i AND s.stream_id <> a.stream) AS stored_elsewhere
-      FROM appends a
-), verdicts AS MATERIALIZED (
-    SELECT c.*,
-           c.n_new > 0 AND c.n_stored = c.n_new AS already_stored,
-           CASE
-             WHEN c.stored_elsewhere IS NOT NULL THEN 'duplicate'
-             WHEN c.n_new > 0 AND c.n_stored = c.n_new THEN NULL
-             WHEN c.n_stored > 0 THEN 'partial'
-             WHEN c.expected = -1 OR c.expected = c.at_version THEN NULL
-             ELSE 'version'
-           END AS failure
-      FROM checked c
+      FROM unnest($1::text[], $2::int8[], $8::int4[]) WITH ORDINALITY AS a(stream, expected, c, i)
+), -- include: append_checks
 ), processed_in AS MATERIALIZED (
     SELECT p.c, p.consumer, p.message_id,
            EXISTS (SELECT 1 FROM processed_messages pm
