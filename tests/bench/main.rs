@@ -20,7 +20,8 @@
 //! the bench databases for a look afterwards; `BENCH_WRITERS` (default 1,4,16,64) the writer counts;
 //! `BENCH_OURS_ONLY` skips the raw limit and the peer (for profiling ours); `BENCH_BACKENDS`
 //! (`postgres` or `embedded`) runs the saga figures of one backend only; `BENCH_PG_TOP=n`
-//! prints, per offered rate, the n statements run most per saga (`pg_stat_statements`).
+//! prints, per offered rate, the n statements run most per saga (`pg_stat_statements`);
+//! `BENCH_SAGAFLOW_BINARY` runs the saga figures against another build of `sagaflow`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -71,14 +72,19 @@ pub fn peak_rss_mib_of(pid: u32) -> f64 {
 
 /// A new database on the server of `url`, migrated; the store, its name and its URL.
 pub async fn fresh_postgres(url: &str) -> Option<(Arc<dyn EventStore>, String, String)> {
+    let (db, db_url) = empty_database(url).await?;
+    // As many connections as the most writers, like the raw limit and the peer get.
+    let store = PgEventStore::connect_with(&db_url, 64).await.ok()?;
+    Some((Arc::new(store), db, db_url))
+}
+
+/// A new database with nothing in it (an engine started on it migrates it): its name and URL.
+async fn empty_database(url: &str) -> Option<(String, String)> {
     let mut admin = PgConnection::connect(url).await.ok()?;
     let db = format!("sagaflow_bench_{}", uuid::Uuid::now_v7().simple());
     admin.execute(format!("CREATE DATABASE {db}").as_str()).await.ok()?;
     let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
-    let db_url = format!("{base}/{db}");
-    // As many connections as the most writers, like the raw limit and the peer get.
-    let store = PgEventStore::connect_with(&db_url, 64).await.ok()?;
-    Some((Arc::new(store), db, db_url))
+    Some((db.clone(), format!("{base}/{db}")))
 }
 
 async fn drop_database(url: &str, db: &str) {
@@ -245,6 +251,10 @@ async fn alone(engine: &http_load::Engine, label: &str) {
 
 /// The `sagaflow` binary, built for release.
 fn sagaflow_binary() -> PathBuf {
+    // Another build of the engine (say, the one before a change), measured by this bench.
+    if let Some(other) = std::env::var_os("BENCH_SAGAFLOW_BINARY") {
+        return PathBuf::from(other);
+    }
     build(&["-p", "sagaflow-api", "--bin", "sagaflow"], workspace().join("target/release/sagaflow"))
         .expect("the sagaflow binary builds")
 }
@@ -269,7 +279,8 @@ async fn sagas_section(url: &str, bootstrap: &str, broker_bound: Option<f64>) {
     if let Some(bound) = broker_bound {
         println!("(the broker alone bounds PostgreSQL + Kafka at about {}/s)", thousands(bound));
     }
-    let (_, db, db_url) = fresh_postgres(url).await.expect("a bench database on DATABASE_URL");
+    // Empty: the engine migrates it, whichever build it is (`BENCH_SAGAFLOW_BINARY`).
+    let (db, db_url) = empty_database(url).await.expect("a bench database on DATABASE_URL");
     let data = tempfile::tempdir().unwrap();
     let backends = [
         (
