@@ -67,7 +67,7 @@ fn store_problem(err: &event_store::Error) -> Problem {
         | E::AlreadyProcessed { .. }
         | E::CheckpointMoved => (StatusCode::CONFLICT, "conflict", Value::Null),
         E::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", Value::Null),
-        E::Database(_) | E::Migrate(_) => {
+        E::Database(_) | E::Sqlite(_) | E::Migrate(_) => {
             tracing::error!(error = %err, "store error");
             return Problem {
                 status: StatusCode::SERVICE_UNAVAILABLE,

@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod circuit_breaker;
 pub mod codec;
+pub mod commit_delivery;
 pub mod consumer_loop;
 pub mod coordinator;
 pub mod dead_letter;

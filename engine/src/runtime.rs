@@ -8,6 +8,7 @@ use event_store::EventStore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::commit_delivery::CommitDelivery;
 use crate::consumer_loop::{run_consumer, MessageHandler, DEFAULT_MAX_IN_FLIGHT};
 use crate::coordinator::{Coordinator, ReplyHandler};
 use crate::error::Result;
@@ -104,7 +105,17 @@ impl Runtime {
                 Arc::new(ParticipantRuntime::new(name, Arc::clone(&store), topics.clone(), handler));
             tasks.push(tokio::spawn(run_consumer(group, consumer, runtime, config.max_in_flight, cancel.clone())));
         }
-        if config.relay {
+        // In-process transport and a store that hands its commits over (the embedded mode):
+        // deliver straight from the commit instead of relaying.
+        let committed = match (config.relay, transport.in_process()) {
+            (true, Some(in_process)) => store.committed_outbox().map(|committed| (in_process, committed)),
+            _ => None,
+        };
+        if let Some((in_process, committed)) = committed {
+            let relay_id = config.relay_id.clone().unwrap_or_else(|| format!("relay-{}", uuid::Uuid::now_v7()));
+            let delivery = CommitDelivery::new(Arc::clone(&store), in_process, committed, relay_id);
+            tasks.push(tokio::spawn(delivery.run(cancel.clone())));
+        } else if config.relay {
             let mut relay = OutboxRelay::new(Arc::clone(&store), Arc::clone(&transport))
                 .with_dead_letter_topic(topics.dead_letter())
                 .with_pipeline(transport.relay_pipeline());

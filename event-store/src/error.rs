@@ -34,6 +34,9 @@ pub enum Error {
     Invalid(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// An error of the embedded SQLite store's own connections.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -47,6 +50,10 @@ impl Error {
             Self::WrongExpectedVersion { .. } | Self::AlreadyProcessed { .. } | Self::CheckpointMoved => true,
             Self::DuplicateEventId { .. } | Self::PartialIdempotentAppend { .. } | Self::Invalid(_) => false,
             Self::Database(err) => sqlx_is_transient(err),
+            Self::Sqlite(err) => err.sqlite_error_code().is_some_and(|code| {
+                use rusqlite::ErrorCode::{CannotOpen, DatabaseBusy, DatabaseLocked, DiskFull, SystemIoFailure};
+                matches!(code, DatabaseBusy | DatabaseLocked | SystemIoFailure | DiskFull | CannotOpen)
+            }),
             Self::Migrate(_) => false,
         }
     }

@@ -19,8 +19,9 @@ pub mod subscription;
 
 pub use error::{Error, Result};
 pub use model::{
-    AllPosition, AppendResult, Commit, CommitResult, DueTimer, ExpectedVersion, NewEvent, OutboxMessage,
-    OutboxPosition, OutgoingMessage, ProcessedMessage, RecordedEvent, Snapshot, StreamAppend, TimerChange,
+    AllPosition, AppendResult, Commit, CommitResult, CommittedOutbox, DueTimer, ExpectedVersion, NewEvent,
+    OutboxMessage, OutboxPosition, OutgoingMessage, ProcessedMessage, RecordedEvent, Snapshot, StreamAppend,
+    TimerChange,
 };
 pub use saga_index::SagaIndex;
 pub use signals::{CommitSignals, StreamWatch};

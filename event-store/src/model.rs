@@ -279,6 +279,17 @@ impl OutboxMessage {
     }
 }
 
+/// The outbox messages of one group of commits, handed over as soon as the group is durable
+/// (see [`crate::EventStore::committed_outbox`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOutbox {
+    /// The last outbox id committed before this group's: a reader that has not seen every
+    /// message up to it missed a group, and reads the gap from the outbox.
+    pub after: u64,
+    /// In outbox order; never empty.
+    pub messages: Vec<OutboxMessage>,
+}
+
 /// A timer whose time has come.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueTimer {

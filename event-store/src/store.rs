@@ -10,8 +10,8 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    AllPosition, AppendResult, Commit, DueTimer, ExpectedVersion, NewEvent, OutboxMessage, OutboxPosition,
-    RecordedEvent, Snapshot,
+    AllPosition, AppendResult, Commit, CommittedOutbox, DueTimer, ExpectedVersion, NewEvent, OutboxMessage,
+    OutboxPosition, RecordedEvent, Snapshot,
 };
 use crate::signals::{CommitSignals, StreamWatch};
 
@@ -85,6 +85,15 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// How many outbox messages are not yet published (past the relay's position).
     async fn outbox_pending(&self) -> Result<u64>;
+
+    /// The outbox messages of each group of commits from now on, handed over as soon as the
+    /// group is durable, for a relay that delivers straight from the commit instead of reading
+    /// the outbox. `None` where the backend cannot tell (a relay then reads the outbox). One
+    /// receiver at a time: taking it again replaces the last. Groups that find the receiver full
+    /// are not handed over; the gap shows in [`CommittedOutbox::after`].
+    fn committed_outbox(&self) -> Option<tokio::sync::mpsc::Receiver<CommittedOutbox>> {
+        None
+    }
 
     /// Timers due at or before `now`, earliest first.
     async fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>>;

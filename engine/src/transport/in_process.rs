@@ -61,15 +61,11 @@ impl InProcessTransport {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
 
-#[async_trait]
-impl Transport for InProcessTransport {
-    async fn ensure_topics(&self, _topics: &[String]) -> Result<()> {
-        Ok(())
-    }
-
-    async fn publish(&self, messages: &[OutgoingMessage]) -> Result<()> {
+    /// Queues `messages` for every group subscribed to their topics, at once, and returns what
+    /// resolves when each group has committed them: a caller may hand over more batches before
+    /// the first is handled (delivery straight from the commit does).
+    pub fn deliver(&self, messages: &[OutgoingMessage]) -> Result<Handled> {
         let mut acks = Vec::new();
         {
             let mut inner = self.lock();
@@ -113,10 +109,33 @@ impl Transport for InProcessTransport {
             }
         }
         self.published.send_modify(|n| *n = n.wrapping_add(1));
-        for ack in acks {
+        Ok(Handled(acks))
+    }
+}
+
+/// Messages handed over by [`InProcessTransport::deliver`], until every group has committed them.
+#[must_use = "the messages are handled once this resolves"]
+pub struct Handled(Vec<oneshot::Receiver<()>>);
+
+impl Handled {
+    /// Resolves once every subscribed group has committed the messages; fails when a consumer
+    /// stopped first (the messages are then delivered again from the outbox).
+    pub async fn wait(self) -> Result<()> {
+        for ack in self.0 {
             ack.await.map_err(|_| Error::Transport("a consumer stopped before committing a message".into()))?;
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Transport for InProcessTransport {
+    async fn ensure_topics(&self, _topics: &[String]) -> Result<()> {
+        Ok(())
+    }
+
+    async fn publish(&self, messages: &[OutgoingMessage]) -> Result<()> {
+        self.deliver(messages)?.wait().await
     }
 
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {
@@ -150,6 +169,10 @@ impl Transport for InProcessTransport {
 
     fn name(&self) -> &'static str {
         "in-process"
+    }
+
+    fn in_process(&self) -> Option<InProcessTransport> {
+        Some(self.clone())
     }
 
     /// Publish returns only once the consumers have committed: one batch at a time. (Deeper

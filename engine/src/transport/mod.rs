@@ -50,6 +50,12 @@ pub trait Transport: Send + Sync + 'static {
     /// A short name, for logs and health reports.
     fn name(&self) -> &'static str;
 
+    /// This transport when it is the in-process one, whose consumers can take messages
+    /// straight from the commit ([`crate::commit_delivery`]).
+    fn in_process(&self) -> Option<in_process::InProcessTransport> {
+        None
+    }
+
     /// How many outbox batches a relay may have in flight on this transport at once.
     fn relay_pipeline(&self) -> usize {
         DEFAULT_PIPELINE

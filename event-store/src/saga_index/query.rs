@@ -14,16 +14,16 @@ pub(super) const CHECKPOINT: &str = "saga_index";
 /// A row as stored: times in microseconds since the epoch, so both databases compare them alike.
 #[derive(sqlx::FromRow)]
 pub(super) struct StoredRow {
-    saga_id: String,
-    definition: String,
-    definition_version: i64,
-    status: String,
-    current_step: Option<String>,
-    started_us: i64,
-    progress_us: i64,
-    finished_us: Option<i64>,
-    waiting_until_us: Option<i64>,
-    stuck_after_ms: Option<i64>,
+    pub saga_id: String,
+    pub definition: String,
+    pub definition_version: i64,
+    pub status: String,
+    pub current_step: Option<String>,
+    pub started_us: i64,
+    pub progress_us: i64,
+    pub finished_us: Option<i64>,
+    pub waiting_until_us: Option<i64>,
+    pub stuck_after_ms: Option<i64>,
 }
 
 impl StoredRow {
