@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use event_store::{CommittedOutbox, EventStore, OutboxMessage, OutboxPosition};
 use futures::stream::FuturesOrdered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +34,9 @@ const BACKOFF: Duration = Duration::from_millis(200);
 pub struct CommitDelivery {
     store: Arc<dyn EventStore>,
     transport: InProcessTransport,
-    committed: mpsc::Receiver<CommittedOutbox>,
+    /// `None` once the store handed its commits to another reader: the outbox is then read
+    /// after every commit signal, as a relay would.
+    committed: Option<mpsc::Receiver<CommittedOutbox>>,
     relay_id: String,
 }
 
@@ -57,7 +59,7 @@ impl CommitDelivery {
         committed: mpsc::Receiver<CommittedOutbox>,
         relay_id: String,
     ) -> Self {
-        Self { store, transport, committed, relay_id }
+        Self { store, transport, committed: Some(committed), relay_id }
     }
 
     /// Runs until cancelled, then records how far every message is handled.
@@ -101,6 +103,7 @@ impl CommitDelivery {
         let mut unrecorded = false;
         let mut record = tokio::time::interval(RECORD_EVERY);
         let mut renew = tokio::time::interval(DEFAULT_LEASE / 3);
+        let mut changes = self.store.changes();
         loop {
             if at.behind && pending < MAX_IN_FLIGHT {
                 let batch = self.store.read_outbox(at.read_to, READ_BATCH).await?;
@@ -113,9 +116,19 @@ impl CommitDelivery {
                 continue;
             }
             tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
-                group = self.committed.recv(), if !at.behind && pending < MAX_IN_FLIGHT => {
-                    let Some(group) = group else { return Ok(()) };
+                () = cancel.cancelled() => {
+                    // Count what is handled already, in order, so that it is recorded.
+                    while let Some(Some((end, _, Ok(())))) = in_flight.next().now_or_never() {
+                        at.handled = end;
+                    }
+                    return Ok(());
+                }
+                group = next_group(&mut self.committed), if !at.behind && pending < MAX_IN_FLIGHT => {
+                    let Some(group) = group else {
+                        tracing::warn!(relay = %self.relay_id, "the store hands its commits to another reader; reading the outbox instead");
+                        (self.committed, at.behind) = (None, true);
+                        continue;
+                    };
                     if group.after > at.read_to.id {
                         // A group was missed: the outbox has it.
                         at.behind = true;
@@ -141,6 +154,7 @@ impl CommitDelivery {
                     self.record(at.handled).await?;
                 }
                 _ = renew.tick() => self.record(at.handled).await?,
+                _ = changes.changed(), if self.committed.is_none() => at.behind = true,
             }
         }
     }
@@ -168,9 +182,78 @@ impl CommitDelivery {
     }
 }
 
+/// The next group handed over; pending forever once there is no hand-over.
+async fn next_group(committed: &mut Option<mpsc::Receiver<CommittedOutbox>>) -> Option<CommittedOutbox> {
+    match committed {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn pause(cancel: &CancellationToken, wait: Duration) {
     tokio::select! {
         () = cancel.cancelled() => {}
         () = tokio::time::sleep(wait) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::transport::Transport;
+    use event_store::sqlite::SqliteEventStore;
+    use event_store::{Commit, OutgoingMessage};
+    use std::collections::BTreeMap;
+
+    fn message(n: u8) -> Commit {
+        Commit {
+            outbox: vec![OutgoingMessage {
+                topic: "t".into(),
+                key: "k".into(),
+                payload: vec![n],
+                headers: BTreeMap::new(),
+            }],
+            ..Commit::default()
+        }
+    }
+
+    async fn received(consumer: &mut Box<dyn crate::transport::Consumer>, n: usize) -> Vec<u8> {
+        let mut payloads = Vec::new();
+        for _ in 0..n {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await.unwrap().unwrap();
+            consumer.commit(&delivery).await.unwrap();
+            payloads.push(delivery.payload[0]);
+        }
+        payloads
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_was_committed_before_is_read_then_each_commit_is_handed_straight_over_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(dir.path()).await.unwrap());
+        let transport = InProcessTransport::new();
+        let mut consumer = transport.subscribe("g", &["t".into()]).await.unwrap();
+        for n in 1..=3 {
+            store.commit(message(n)).await.unwrap();
+        }
+        let committed = store.committed_outbox().unwrap();
+        let cancel = CancellationToken::new();
+        let delivery = CommitDelivery::new(Arc::clone(&store), transport, committed, "embedded".into());
+        let running = tokio::spawn(delivery.run(cancel.clone()));
+        assert_eq!(received(&mut consumer, 3).await, [1, 2, 3], "the backlog, from the outbox");
+        for n in 4..=6 {
+            store.commit(message(n)).await.unwrap();
+        }
+        assert_eq!(received(&mut consumer, 3).await, [4, 5, 6], "straight from the commits");
+        // Another reader takes the hand-over: what follows is read from the outbox.
+        let _other = store.committed_outbox().unwrap();
+        for n in 7..=8 {
+            store.commit(message(n)).await.unwrap();
+        }
+        assert_eq!(received(&mut consumer, 2).await, [7, 8]);
+        cancel.cancel();
+        running.await.unwrap();
+        assert_eq!(store.outbox_pending().await.unwrap(), 0, "the handled position is recorded on stop");
     }
 }

@@ -16,6 +16,10 @@ use crate::model::{Commit, CommitResult};
 
 /// At most this many commits share one transaction.
 const MAX_GROUP: usize = 256;
+/// Under load (the last group shared its transaction), how long the writer lets the next
+/// group gather before writing it: fewer, larger groups, each one fsync. A commit alone is
+/// written at once.
+const GATHER_UNDER_LOAD: std::time::Duration = std::time::Duration::from_micros(300);
 
 /// A write other than a commit, run on the writer thread in its own transaction.
 type Task = Box<dyn FnOnce(&mut Connection, &mut WriterState) + Send>;
@@ -74,7 +78,11 @@ fn gone() -> Error {
 
 /// The writer thread: sleeps until work is queued, then writes all of it.
 fn run(mut connection: Connection, mut state: WriterState, queue: &mpsc::Receiver<Job>) {
+    let mut loaded = false;
     while let Ok(first) = queue.recv() {
+        if loaded {
+            std::thread::sleep(GATHER_UNDER_LOAD);
+        }
         let mut commits = Vec::new();
         let mut tasks = Vec::new();
         let mut next = Some(first);
@@ -87,6 +95,7 @@ fn run(mut connection: Connection, mut state: WriterState, queue: &mpsc::Receive
                 next = queue.try_recv().ok();
             }
         }
+        loaded = commits.len() > 1;
         if !commits.is_empty() {
             write_commits(&mut connection, &mut state, commits);
         }
