@@ -141,22 +141,24 @@ impl Engine {
         Some(PgCounters { transactions, statements })
     }
 
-    /// SQL statements the embedded store has run so far (`sagaflow_sqlite_statements_total`
-    /// of `/metrics`), and bytes the engine process has written to disk (`/proc/<pid>/io`).
-    pub async fn embedded_counters(&self, client: &Client) -> Option<(f64, f64)> {
+    /// SQL statements and write transactions the embedded store has run so far
+    /// (`sagaflow_sqlite_*_total` of `/metrics`), and bytes the engine process has written to
+    /// disk (`/proc/<pid>/io`).
+    pub async fn embedded_counters(&self, client: &Client) -> Option<(f64, f64, f64)> {
         if self.database_url.is_some() {
             return None;
         }
         let text = client.get(format!("{}/metrics", self.base)).send().await.ok()?.text().await.ok()?;
-        let statements = text
-            .lines()
-            .find(|l| l.starts_with("sagaflow_sqlite_statements_total"))
-            .and_then(|l| l.split_whitespace().last()?.parse().ok())?;
+        let counter = |name: &str| -> Option<f64> {
+            text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()?.parse().ok())
+        };
+        let statements = counter("sagaflow_sqlite_statements_total")?;
+        let transactions = counter("sagaflow_sqlite_write_transactions_total").unwrap_or(0.0);
         let written = std::fs::read_to_string(format!("/proc/{}/io", self.pid()))
             .ok()
             .and_then(|io| io.lines().find(|l| l.starts_with("write_bytes:"))?.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0.0);
-        Some((statements, written))
+        Some((statements, transactions, written))
     }
 
     pub fn pid(&self) -> u32 {
@@ -277,11 +279,12 @@ pub async fn offer(engine: &Engine, client: &Client, rate: u32, duration: Durati
     let postgres = match (counters_before, engine.pg_counters().await) {
         (Some(before), Some(after)) => Some(before.per_saga(&after, approved, top)),
         _ => match (embedded_before, engine.embedded_counters(client).await) {
-            (Some((s0, w0)), Some((s1, w1))) => {
+            (Some((s0, t0, w0)), Some((s1, t1, w1))) => {
                 let sagas = approved.max(1) as f64;
                 Some(format!(
-                    "SQLite statements per saga {:.1}, disk written per saga {:.1} KiB",
+                    "SQLite statements per saga {:.1}, write transactions (fsyncs) per saga {:.1}, disk written per saga {:.1} KiB",
                     (s1 - s0) / sagas,
+                    (t1 - t0) / sagas,
                     (w1 - w0) / sagas / 1024.0
                 ))
             }

@@ -70,8 +70,7 @@ impl SqliteEventStore {
         let tap = Tap::default();
         let connection = Connection::open(&path)?;
         // A crash loses nothing acknowledged: every group is fsynced before its commits are
-        // answered. A larger page cache and checkpoints every ~40 MB of WAL: pages written by
-        // many groups reach the database file once.
+        // answered.
         connection.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
         connection.busy_timeout(Duration::from_secs(10))?;
         connection.set_prepared_statement_cache_capacity(64);

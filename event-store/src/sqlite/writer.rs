@@ -5,6 +5,7 @@
 //! SQLite's busy handler.
 
 use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -16,10 +17,6 @@ use crate::model::{Commit, CommitResult};
 
 /// At most this many commits share one transaction.
 const MAX_GROUP: usize = 256;
-/// Under load (the last group shared its transaction), how long the writer lets the next
-/// group gather before writing it: fewer, larger groups, each one fsync. A commit alone is
-/// written at once.
-const GATHER_UNDER_LOAD: std::time::Duration = std::time::Duration::from_micros(300);
 
 /// A write other than a commit, run on the writer thread in its own transaction.
 type Task = Box<dyn FnOnce(&mut Connection, &mut WriterState) + Send>;
@@ -78,30 +75,63 @@ fn gone() -> Error {
 
 /// The writer thread: sleeps until work is queued, then writes all of it.
 fn run(mut connection: Connection, mut state: WriterState, queue: &mpsc::Receiver<Job>) {
-    let mut loaded = false;
+    let mut pace = Pace::default();
     while let Ok(first) = queue.recv() {
-        if loaded {
-            std::thread::sleep(GATHER_UNDER_LOAD);
-        }
         let mut commits = Vec::new();
         let mut tasks = Vec::new();
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
+        let mut job = Some(first);
+        let deadline = pace.gather_until();
+        while let Some(next) = job.take() {
+            match next {
                 Job::Commit { commit, done } => commits.push((commit, done)),
                 Job::Task(task) => tasks.push(task),
             }
             if commits.len() < MAX_GROUP {
-                next = queue.try_recv().ok();
+                job = match deadline.and_then(|d| d.checked_duration_since(Instant::now())) {
+                    Some(left) => queue.recv_timeout(left).ok(),
+                    None => queue.try_recv().ok(),
+                };
             }
         }
-        loaded = commits.len() > 1;
+        pace.wrote(commits.len());
         if !commits.is_empty() {
+            state.statements.add_write_transaction();
             write_commits(&mut connection, &mut state, commits);
         }
         for task in tasks {
+            state.statements.add_write_transaction();
             task(&mut connection, &mut state);
         }
+    }
+}
+
+/// When the writer lets a group gather. A commit alone (nothing else is committing) is
+/// written at once. Once groups show that commits run side by side, the writer writes at
+/// most once per [`GROUP_INTERVAL`]: what arrives meanwhile shares the transaction and its
+/// fsync, which is most of what a commit costs.
+struct Pace {
+    /// Moving share of recent groups that held more than one commit.
+    shared: f32,
+    last_write: Instant,
+}
+
+/// Under load, the shortest time between two group writes.
+const GROUP_INTERVAL: Duration = Duration::from_millis(2);
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self { shared: 0.0, last_write: Instant::now() }
+    }
+}
+
+impl Pace {
+    fn gather_until(&self) -> Option<Instant> {
+        (self.shared > 0.02).then_some(self.last_write + GROUP_INTERVAL)
+    }
+
+    fn wrote(&mut self, commits: usize) {
+        self.shared = self.shared * 0.95 + if commits > 1 { 0.05 } else { 0.0 };
+        self.last_write = Instant::now();
     }
 }
 
