@@ -2,6 +2,7 @@
 //! machine, the coordinator that drives it, and the transports it speaks over.
 
 pub mod aggregate;
+pub mod aggregate_turns;
 pub mod circuit_breaker;
 pub mod codec;
 pub mod commit_delivery;

@@ -9,6 +9,7 @@ use event_store::{Commit, Error as StoreError, EventStore, StreamAppend};
 use serde_json::Value;
 use tracing::Instrument;
 
+use crate::aggregate_turns::AggregateTurns;
 use crate::consumer_loop::MessageHandler;
 use crate::dead_letter::send_to_dead_letter;
 use crate::envelope::{child_traceparent, Envelope, MessageKind, Outcome, HEADER_TRACEPARENT};
@@ -50,6 +51,12 @@ pub trait CommandHandler: Send + Sync + 'static {
 
     /// A commit failed on `stream`'s expected version: what is cached of it is stale.
     fn conflicted(&self, _stream: &str) {}
+
+    /// The aggregates shared between commands (a SKU, an account) that `command` writes:
+    /// commands on one of them are decided and committed one after another in this process.
+    fn contended(&self, _command: &Envelope) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What became of a command.
@@ -66,6 +73,7 @@ pub struct ParticipantRuntime {
     store: Arc<dyn EventStore>,
     topics: Topics,
     handler: Arc<dyn CommandHandler>,
+    turns: AggregateTurns,
 }
 
 impl ParticipantRuntime {
@@ -76,7 +84,7 @@ impl ParticipantRuntime {
         topics: Topics,
         handler: Arc<dyn CommandHandler>,
     ) -> Self {
-        Self { name: name.into(), store, topics, handler }
+        Self { name: name.into(), store, topics, handler, turns: AggregateTurns::default() }
     }
 
     /// The participant's name.
@@ -103,6 +111,7 @@ impl ParticipantRuntime {
     }
 
     async fn apply(&self, delivery: &Delivery, command: &Envelope) -> Result<CommandHandled> {
+        let _turn = self.turns.take(self.handler.contended(command)).await;
         for _ in 0..10 {
             let effect = match self.handler.decide(command).await {
                 Ok(effect) => effect,

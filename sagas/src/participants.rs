@@ -24,6 +24,22 @@ pub const INVENTORY: &str = "inventory";
 pub const ORDERS: &str = "orders";
 pub const PAYMENTS: &str = "payments";
 
+/// The streams of the shared aggregates an order command writes, read from its payload
+/// without decoding the whole order: `<prefix>-<value of field>` for each item (or the order).
+fn contended_streams(command: &Envelope, prefix: &str, field: &str, per_item: bool) -> Vec<String> {
+    let payload = &command.payload;
+    let owners: Vec<&serde_json::Value> = if per_item {
+        payload
+            .get("items")
+            .and_then(serde_json::Value::as_array)
+            .map(|items| items.iter().collect())
+            .unwrap_or_default()
+    } else {
+        vec![payload]
+    };
+    owners.into_iter().filter_map(|owner| owner.get(field)?.as_str()).map(|id| format!("{prefix}-{id}")).collect()
+}
+
 fn order_input(command: &Envelope) -> Result<OrderInput> {
     let input: OrderInput = serde_json::from_value(command.payload.clone())
         .map_err(|e| Error::Invalid(format!("{} payload is not an order: {e}", command.message_type)))?;
@@ -128,6 +144,10 @@ impl CommandHandler for InventoryParticipant {
     fn conflicted(&self, stream: &str) {
         self.stock.forget(stream);
         self.reservations.forget(stream);
+    }
+
+    fn contended(&self, command: &Envelope) -> Vec<String> {
+        contended_streams(command, <Inventory as engine::Aggregate>::TYPE, "sku", true)
     }
 }
 
@@ -238,6 +258,10 @@ impl CommandHandler for PaymentsParticipant {
         self.accounts.forget(stream);
         self.payments.forget(stream);
     }
+
+    fn contended(&self, command: &Envelope) -> Vec<String> {
+        contended_streams(command, <CustomerCredit as engine::Aggregate>::TYPE, "customer_id", false)
+    }
 }
 
 /// The built-in participants, by name.
@@ -284,6 +308,42 @@ mod tests {
         assert!(err.to_string().contains("not the sum"), "{err}");
         let credit = Repository::<CustomerCredit>::new(store).load("c").await.unwrap().state;
         assert_eq!(credit.available(), rust_decimal::Decimal::from(10));
+    }
+
+    /// The turns a command takes must cover every shared aggregate its decision writes, or two
+    /// commands on one SKU or account would still race on its expected version.
+    #[tokio::test]
+    async fn the_turns_a_command_takes_cover_the_shared_aggregates_it_writes() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        for sku in ["A", "B"] {
+            Repository::<Inventory>::new(Arc::clone(&store))
+                .execute(sku, &InventoryCommand::SetStock { available: 10 })
+                .await
+                .unwrap();
+        }
+        Repository::<CustomerCredit>::new(Arc::clone(&store))
+            .execute("c", &CreditCommand::SetLimit { limit: rust_decimal::Decimal::from(100) })
+            .await
+            .unwrap();
+        let order = json!({"order_id": "o", "customer_id": "c", "items": [
+            {"sku": "A", "quantity": 1, "unit_price": "1.00"},
+            {"sku": "B", "quantity": 2, "unit_price": "2.00"}], "total": "5.00"});
+        let handlers: [(Arc<dyn CommandHandler>, &str, &str); 2] = [
+            (Arc::new(InventoryParticipant::new(Arc::clone(&store))), "ReserveInventory", "inventory-"),
+            (Arc::new(PaymentsParticipant::new(Arc::clone(&store))), "ProcessPayment", "customer-"),
+        ];
+        for (handler, command_type, shared_prefix) in handlers {
+            let command = command(command_type, order.clone());
+            let effect = handler.decide(&command).await.unwrap();
+            assert!(effect.result.is_ok(), "{command_type}: {:?}", effect.result);
+            let mut written: Vec<String> =
+                effect.appends.iter().map(|a| a.stream_id.clone()).filter(|s| s.starts_with(shared_prefix)).collect();
+            written.sort();
+            let mut turns = handler.contended(&command);
+            turns.sort();
+            assert!(!written.is_empty(), "{command_type} writes no shared aggregate");
+            assert_eq!(turns, written, "{command_type}");
+        }
     }
 
     #[tokio::test]
