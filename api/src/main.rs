@@ -17,6 +17,11 @@ use engine::transport::kafka::KafkaConfig;
 use jsonwebtoken::Algorithm;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of the system allocator: the engine allocates per message (envelopes,
+/// JSON, events), and under load glibc's malloc and free were ~17 % of its CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sagaflow", version, about = "Event-sourced saga orchestration")]
 struct Cli {
