@@ -24,20 +24,19 @@ pub const INVENTORY: &str = "inventory";
 pub const ORDERS: &str = "orders";
 pub const PAYMENTS: &str = "payments";
 
-/// The streams of the shared aggregates an order command writes, read from its payload
-/// without decoding the whole order: `<prefix>-<value of field>` for each item (or the order).
-fn contended_streams(command: &Envelope, prefix: &str, field: &str, per_item: bool) -> Vec<String> {
-    let payload = &command.payload;
-    let owners: Vec<&serde_json::Value> = if per_item {
-        payload
-            .get("items")
-            .and_then(serde_json::Value::as_array)
-            .map(|items| items.iter().collect())
-            .unwrap_or_default()
-    } else {
-        vec![payload]
-    };
-    owners.into_iter().filter_map(|owner| owner.get(field)?.as_str()).map(|id| format!("{prefix}-{id}")).collect()
+/// The streams of the shared aggregates `A` an order command writes: one per owner in the
+/// command's payload (the order, or each of its items), named by the owner's `field`. Read from
+/// the payload without decoding the whole order.
+fn contended_streams<'a, A: engine::Aggregate>(
+    owners: impl IntoIterator<Item = &'a Value>,
+    field: &str,
+) -> Vec<String> {
+    owners.into_iter().filter_map(|owner| owner.get(field)?.as_str()).map(engine::aggregate::stream_id::<A>).collect()
+}
+
+/// The items of an order command's payload.
+fn items(command: &Envelope) -> &[Value] {
+    command.payload.get("items").and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 fn order_input(command: &Envelope) -> Result<OrderInput> {
@@ -147,7 +146,7 @@ impl CommandHandler for InventoryParticipant {
     }
 
     fn contended(&self, command: &Envelope) -> Vec<String> {
-        contended_streams(command, <Inventory as engine::Aggregate>::TYPE, "sku", true)
+        contended_streams::<Inventory>(items(command), "sku")
     }
 }
 
@@ -260,7 +259,7 @@ impl CommandHandler for PaymentsParticipant {
     }
 
     fn contended(&self, command: &Envelope) -> Vec<String> {
-        contended_streams(command, <CustomerCredit as engine::Aggregate>::TYPE, "customer_id", false)
+        contended_streams::<CustomerCredit>([&command.payload], "customer_id")
     }
 }
 
