@@ -1,20 +1,21 @@
 //! How a group of commits becomes one SQLite transaction. Every check is made in memory:
 //! stream versions are held by the writer, and event ids and processed messages are probed once
 //! for the whole group. Each commit gets its own verdict, a failed one writes nothing, and what
-//! the accepted commits write goes in with one statement per table, its rows passed as one
-//! JSON array. A group costs a fixed number of statements however many commits it holds.
+//! the accepted commits write goes in with one statement per table, its rows' values bound
+//! ([`super::bound_rows`]). A group costs a fixed number of statements for up to 32 rows a table.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, TransactionBehavior};
-use serde::Serialize;
+use rusqlite::{Connection, TransactionBehavior};
 use uuid::Uuid;
 
+use super::bound_rows;
+use super::encoded_commit::EncodedCommit;
 use super::writer_state::WriterState;
 use crate::error::{Error, Result};
 use crate::model::{
-    i64_of, u64_of, AppendResult, Commit, CommitResult, CommittedOutbox, OutboxMessage, OutgoingMessage, StreamAppend,
+    i64_of, u64_of, AppendResult, CommitResult, CommittedOutbox, OutboxMessage, OutgoingMessage, StreamAppend,
     TimerChange,
 };
 
@@ -25,7 +26,11 @@ pub(super) struct Written {
 
 /// Writes `group` in one transaction. `Err` means the transaction failed as a whole and wrote
 /// nothing; the writer's memory is then read again.
-pub(super) fn write_group(connection: &mut Connection, state: &mut WriterState, group: &[&Commit]) -> Result<Written> {
+pub(super) fn write_group(
+    connection: &mut Connection,
+    state: &mut WriterState,
+    group: &[&EncodedCommit],
+) -> Result<Written> {
     let written = write(connection, state, group);
     if written.is_err() {
         state.reload(connection)?;
@@ -33,7 +38,7 @@ pub(super) fn write_group(connection: &mut Connection, state: &mut WriterState, 
     written
 }
 
-fn write(connection: &mut Connection, state: &mut WriterState, group: &[&Commit]) -> Result<Written> {
+fn write(connection: &mut Connection, state: &mut WriterState, group: &[&EncodedCommit]) -> Result<Written> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut statements = 2; // BEGIN, COMMIT
     statements += load_versions(&tx, state, group)?;
@@ -60,73 +65,79 @@ fn write(connection: &mut Connection, state: &mut WriterState, group: &[&Commit]
 }
 
 /// Reads the versions of the group's streams the writer does not know; returns the statements run.
-fn load_versions(connection: &Connection, state: &mut WriterState, group: &[&Commit]) -> Result<u64> {
-    let unknown: HashSet<&str> =
-        appends(group).map(|a| a.stream_id.as_str()).filter(|s| state.version(s).is_none()).collect();
+fn load_versions(connection: &Connection, state: &mut WriterState, group: &[&EncodedCommit]) -> Result<u64> {
+    let unknown: Vec<&str> = appends(group)
+        .map(|a| a.stream_id.as_str())
+        .filter(|s| state.version(s).is_none())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     if unknown.is_empty() {
         return Ok(0);
     }
-    let ids = serde_json::to_string(&unknown).unwrap_or_default();
-    let mut statement = connection.prepare_cached(
-        "SELECT stream_id, version FROM streams WHERE stream_id IN (SELECT value FROM json_each(?1))",
+    let (found, statements) = bound_rows::query(
+        connection,
+        "SELECT stream_id, version FROM streams WHERE stream_id IN ({rows})",
+        &unknown,
+        |stream| [stream],
+        |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
     )?;
-    let found: HashMap<String, i64> =
-        statement.query_map([ids], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    let found: HashMap<String, i64> = found.into_iter().collect();
     state.know(unknown.iter().map(|stream| (*stream, found.get(*stream).map_or(0, |v| u64_of(*v)))));
-    Ok(1)
+    Ok(statements)
 }
 
 /// The group's event ids already stored: id → (stream, position).
 type Stored = HashMap<Uuid, (String, u64)>;
 
-fn stored_event_ids(connection: &Connection, group: &[&Commit]) -> Result<(Stored, u64)> {
-    let ids: Vec<String> = appends(group).flat_map(|a| a.events.iter().map(|e| e.event_id.to_string())).collect();
+fn stored_event_ids(connection: &Connection, group: &[&EncodedCommit]) -> Result<(Stored, u64)> {
+    let ids: Vec<&str> = group.iter().flat_map(|c| c.events.iter().flatten().map(|e| e.id.as_str())).collect();
     if ids.is_empty() {
         return Ok((Stored::new(), 0));
     }
-    let mut statement = connection.prepare_cached(
-        "SELECT event_id, stream_id, global_position FROM events WHERE event_id IN (SELECT value FROM json_each(?1))",
+    let (rows, statements) = bound_rows::query(
+        connection,
+        "SELECT event_id, stream_id, global_position FROM events WHERE event_id IN ({rows})",
+        &ids,
+        |id| [id],
+        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?)),
     )?;
-    let rows = statement.query_map([serde_json::to_string(&ids).unwrap_or_default()], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
-    })?;
     let mut stored = Stored::new();
-    for row in rows {
-        let (id, stream, position) = row?;
+    for (id, stream, position) in rows {
         let id = Uuid::parse_str(&id).map_err(|e| Error::Invalid(format!("stored event id is corrupt: {e}")))?;
         stored.insert(id, (stream, u64_of(position)));
     }
-    Ok((stored, 1))
+    Ok((stored, statements))
 }
 
 /// The group's processed messages already recorded, as (consumer, message id).
 type Processed = HashSet<(String, String)>;
 
-fn processed_before(connection: &Connection, group: &[&Commit]) -> Result<(Processed, u64)> {
+fn processed_before(connection: &Connection, group: &[&EncodedCommit]) -> Result<(Processed, u64)> {
     let keys: Vec<(&str, &str)> = group
         .iter()
-        .filter_map(|c| c.processed.as_ref())
+        .filter_map(|c| c.commit.processed.as_ref())
         .map(|p| (p.consumer.as_str(), p.message_id.as_str()))
         .collect();
     if keys.is_empty() {
         return Ok((Processed::new(), 0));
     }
-    let mut statement = connection.prepare_cached(
-        "SELECT consumer, message_id FROM processed_messages
-         WHERE (consumer, message_id) IN (SELECT value->>0, value->>1 FROM json_each(?1))",
+    let (found, statements) = bound_rows::query(
+        connection,
+        "SELECT consumer, message_id FROM processed_messages WHERE (consumer, message_id) IN (VALUES {rows})",
+        &keys,
+        |(consumer, message_id)| [consumer, message_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
-    let found = statement
-        .query_map([serde_json::to_string(&keys).unwrap_or_default()], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<rusqlite::Result<Processed>>()?;
-    Ok((found, 1))
+    Ok((found.into_iter().collect(), statements))
 }
 
-fn appends<'a>(group: &'a [&'a Commit]) -> impl Iterator<Item = &'a StreamAppend> {
-    group.iter().flat_map(|c| c.appends.iter())
+fn appends<'a>(group: &'a [&'a EncodedCommit]) -> impl Iterator<Item = &'a StreamAppend> {
+    group.iter().flat_map(|c| c.commit.appends.iter())
 }
 
 /// An event row: position, id, stream, version, type, data, metadata.
-type EventRow<'a> = (i64, String, &'a str, i64, &'a str, &'a serde_json::Value, &'a serde_json::Value);
+type EventRow<'a> = (i64, &'a str, &'a str, i64, &'a str, &'a str, &'a str);
 
 /// What the accepted commits of a group write, gathered so that each table takes one statement.
 struct Plan<'a> {
@@ -137,7 +148,8 @@ struct Plan<'a> {
     /// Event ids written by earlier commits of the group → (stream, position).
     new_ids: HashMap<Uuid, (&'a str, u64)>,
     processed: Vec<(&'a str, &'a str)>,
-    outbox: Vec<(i64, &'a OutgoingMessage)>,
+    /// Each message with its id and its headers as stored.
+    outbox: Vec<(i64, &'a OutgoingMessage, &'a str)>,
     /// Each timer's last change in the group: its due time, or `None` when cancelled.
     timers: BTreeMap<&'a str, Option<i64>>,
     last_position: i64,
@@ -163,16 +175,18 @@ impl<'a> Plan<'a> {
     /// takes in what it writes when it passes: its verdict.
     fn take(
         &mut self,
-        commit: &'a Commit,
+        encoded: &'a EncodedCommit,
         state: &WriterState,
         stored: &Stored,
         processed: &Processed,
     ) -> Result<CommitResult> {
+        let commit = &encoded.commit;
         let mut results = Vec::with_capacity(commit.appends.len());
         let mut events = Vec::new();
         let mut versions = Vec::new();
+        let mut new_ids = Vec::new();
         let mut position = self.last_position;
-        for append in &commit.appends {
+        for (append, encoded_events) in commit.appends.iter().zip(&encoded.events) {
             let current = self
                 .versions
                 .get(append.stream_id.as_str())
@@ -214,19 +228,20 @@ impl<'a> Plan<'a> {
             }
             let mut version = current;
             let mut positions = Vec::with_capacity(append.events.len());
-            for event in &append.events {
+            for (event, stored) in append.events.iter().zip(encoded_events) {
                 version += 1;
                 position += 1;
                 positions.push(u64_of(position));
                 events.push((
                     position,
-                    event.event_id.to_string(),
+                    stored.id.as_str(),
                     append.stream_id.as_str(),
                     i64_of(version),
                     event.event_type.as_str(),
-                    &event.data,
-                    &event.metadata,
+                    stored.data.as_str(),
+                    stored.metadata.as_str(),
                 ));
+                new_ids.push(event.event_id);
             }
             if !append.events.is_empty() {
                 versions.push((append.stream_id.as_str(), version));
@@ -251,16 +266,14 @@ impl<'a> Plan<'a> {
         }
         // Accepted: take it in.
         self.last_position = position;
-        for row in &events {
-            if let Ok(id) = Uuid::parse_str(&row.1) {
-                self.new_ids.insert(id, (row.2, u64_of(row.0)));
-            }
+        for (id, row) in new_ids.into_iter().zip(&events) {
+            self.new_ids.insert(id, (row.2, u64_of(row.0)));
         }
         self.events.extend(events);
         self.versions.extend(versions);
-        for message in &commit.outbox {
+        for (message, headers) in commit.outbox.iter().zip(&encoded.headers) {
             self.last_outbox_id += 1;
-            self.outbox.push((self.last_outbox_id, message));
+            self.outbox.push((self.last_outbox_id, message, headers.as_str()));
         }
         for timer in &commit.timers {
             match timer {
@@ -275,64 +288,49 @@ impl<'a> Plan<'a> {
     fn write(&self, connection: &Connection) -> Result<u64> {
         let now = self.now.timestamp_micros();
         let mut statements = 0;
-        let mut run = |sql: &str, rows: String, with_now: bool| -> Result<()> {
-            let mut statement = connection.prepare_cached(sql)?;
-            if with_now {
-                statement.execute(params![rows, now])?;
-            } else {
-                statement.execute([rows])?;
-            }
-            statements += 1;
-            Ok(())
-        };
         if !self.versions.is_empty() {
             // Before the events: they reference their stream's row.
-            run(
-                "INSERT INTO streams (stream_id, version) SELECT value->>0, value->>1 FROM json_each(?1) WHERE true
+            let versions: Vec<(&str, i64)> = self.versions.iter().map(|(s, v)| (*s, i64_of(*v))).collect();
+            statements += bound_rows::execute(
+                connection,
+                "INSERT INTO streams (stream_id, version) VALUES {rows}
                  ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
-                json(&self.versions.iter().collect::<Vec<_>>()),
-                false,
+                &versions,
+                |(stream, version)| [stream, version],
             )?;
         }
-        if !self.events.is_empty() {
-            run(
-                "INSERT INTO events (global_position, event_id, stream_id, version, event_type, data, metadata, recorded_at)
-                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->5, value->6, ?2 FROM json_each(?1)",
-                json(&self.events),
-                true,
-            )?;
-        }
-        if !self.processed.is_empty() {
-            run(
-                "INSERT INTO processed_messages (consumer, message_id, processed_at)
-                 SELECT value->>0, value->>1, ?2 FROM json_each(?1)",
-                json(&self.processed),
-                true,
-            )?;
-        }
-        if !self.outbox.is_empty() {
-            let rows: Vec<_> =
-                self.outbox.iter().map(|(id, m)| (id, &m.topic, &m.key, hex::encode(&m.payload), &m.headers)).collect();
-            run(
-                "INSERT INTO outbox (id, topic, msg_key, payload, headers, created_at)
-                 SELECT value->>0, value->>1, value->>2, unhex(value->>3), value->4, ?2 FROM json_each(?1)",
-                json(&rows),
-                true,
-            )?;
-        }
+        statements += bound_rows::execute(
+            connection,
+            "INSERT INTO events (global_position, event_id, stream_id, version, event_type, data, metadata, recorded_at)
+             VALUES {rows}",
+            &self.events,
+            |(position, id, stream, version, event_type, data, metadata)| {
+                [position, id, stream, version, event_type, data, metadata, &now]
+            },
+        )?;
+        statements += bound_rows::execute(
+            connection,
+            "INSERT INTO processed_messages (consumer, message_id, processed_at) VALUES {rows}",
+            &self.processed,
+            |(consumer, message_id)| [consumer, message_id, &now],
+        )?;
+        statements += bound_rows::execute(
+            connection,
+            "INSERT INTO outbox (id, topic, msg_key, payload, headers, created_at) VALUES {rows}",
+            &self.outbox,
+            |(id, message, headers)| [id, &message.topic, &message.key, &message.payload, headers, &now],
+        )?;
         let set: Vec<(&str, i64)> = self.timers.iter().filter_map(|(key, due)| due.map(|due| (*key, due))).collect();
-        if !set.is_empty() {
-            run(
-                "INSERT INTO timers (timer_key, due_at) SELECT value->>0, value->>1 FROM json_each(?1) WHERE true
-                 ON CONFLICT (timer_key) DO UPDATE SET due_at = excluded.due_at",
-                json(&set),
-                false,
-            )?;
-        }
+        statements += bound_rows::execute(
+            connection,
+            "INSERT INTO timers (timer_key, due_at) VALUES {rows}
+             ON CONFLICT (timer_key) DO UPDATE SET due_at = excluded.due_at",
+            &set,
+            |(key, due)| [key, due],
+        )?;
         let cancelled: Vec<&str> = self.timers.iter().filter(|(_, due)| due.is_none()).map(|(key, _)| *key).collect();
-        if !cancelled.is_empty() {
-            run("DELETE FROM timers WHERE timer_key IN (SELECT value FROM json_each(?1))", json(&cancelled), false)?;
-        }
+        statements +=
+            bound_rows::execute(connection, "DELETE FROM timers WHERE timer_key IN ({rows})", &cancelled, |key| [key])?;
         Ok(statements)
     }
 
@@ -341,7 +339,7 @@ impl<'a> Plan<'a> {
         let created_at = DateTime::from_timestamp_micros(self.now.timestamp_micros()).unwrap_or(self.now);
         self.outbox
             .iter()
-            .map(|(id, message)| OutboxMessage {
+            .map(|(id, message, _)| OutboxMessage {
                 id: u64_of(*id),
                 transaction_id: u64_of(*id),
                 message: (*message).clone(),
@@ -349,8 +347,4 @@ impl<'a> Plan<'a> {
             })
             .collect()
     }
-}
-
-fn json<T: Serialize + ?Sized>(rows: &T) -> String {
-    serde_json::to_string(rows).unwrap_or_default()
 }

@@ -6,7 +6,9 @@
 //! commit order. Reads run on the caller's task over a small pool of WAL readers ([`reads`]).
 //! The saga index's filtered pages, and the migrations, go through sqlx.
 
+mod bound_rows;
 mod committed;
+mod encoded_commit;
 mod group_commit;
 mod reads;
 mod statement_count;
@@ -23,6 +25,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use self::committed::Tap;
+use self::encoded_commit::EncodedCommit;
 use self::reads::{at, event_of, Reads, EVENT_COLUMNS, INLINE_ROWS};
 pub use self::statement_count::StatementCount;
 pub(crate) use self::writer::Writer;
@@ -73,7 +76,8 @@ impl SqliteEventStore {
         // answered.
         connection.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
         connection.busy_timeout(Duration::from_secs(10))?;
-        connection.set_prepared_statement_cache_capacity(64);
+        // A statement per table and row count (up to 32 rows) for the group commit.
+        connection.set_prepared_statement_cache_capacity(256);
         let state = WriterState::load(&connection, Arc::clone(&statements), tap.clone())?;
         let writer = Writer::start(connection, state)?;
         Ok(Self {
@@ -140,8 +144,8 @@ fn lease_until(lease: Duration) -> i64 {
 #[async_trait]
 impl EventStore for SqliteEventStore {
     async fn commit(&self, commit: Commit) -> Result<CommitResult> {
-        let commit = Arc::new(crate::store::prepare_commit(commit)?);
-        run_commit("sqlite", &self.signals, &commit, self.writer.commit(Arc::clone(&commit))).await
+        let encoded = Arc::new(EncodedCommit::new(crate::store::prepare_commit(commit)?));
+        run_commit("sqlite", &self.signals, &encoded.commit, self.writer.commit(Arc::clone(&encoded))).await
     }
 
     async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>> {

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::encoded_commit::EncodedCommit;
 use super::group_commit::{write_group, Written};
 use super::writer_state::WriterState;
 use crate::error::{Error, Result};
-use crate::model::{Commit, CommitResult};
+use crate::model::CommitResult;
 
 /// At most this many commits share one transaction.
 const MAX_GROUP: usize = 256;
@@ -22,7 +23,7 @@ const MAX_GROUP: usize = 256;
 type Task = Box<dyn FnOnce(&mut Connection, &mut WriterState) + Send>;
 
 enum Job {
-    Commit { commit: Arc<Commit>, done: oneshot::Sender<Result<CommitResult>> },
+    Commit { commit: Arc<EncodedCommit>, done: oneshot::Sender<Result<CommitResult>> },
     Task(Task),
 }
 
@@ -45,7 +46,7 @@ impl Writer {
     }
 
     /// Writes `commit` with whatever else is queued, and returns its own verdict.
-    pub(crate) async fn commit(&self, commit: Arc<Commit>) -> Result<CommitResult> {
+    pub(crate) async fn commit(&self, commit: Arc<EncodedCommit>) -> Result<CommitResult> {
         let (done, verdict) = oneshot::channel();
         self.send(Job::Commit { commit, done })?;
         verdict.await.map_err(|_| gone())?
@@ -143,9 +144,9 @@ impl Pace {
 fn write_commits(
     connection: &mut Connection,
     state: &mut WriterState,
-    commits: Vec<(Arc<Commit>, oneshot::Sender<Result<CommitResult>>)>,
+    commits: Vec<(Arc<EncodedCommit>, oneshot::Sender<Result<CommitResult>>)>,
 ) {
-    let group: Vec<&Commit> = commits.iter().map(|(commit, _)| commit.as_ref()).collect();
+    let group: Vec<&EncodedCommit> = commits.iter().map(|(commit, _)| commit.as_ref()).collect();
     match write_group(connection, state, &group) {
         Ok(Written { verdicts }) => {
             for ((_, done), verdict) in commits.into_iter().zip(verdicts) {
