@@ -300,10 +300,14 @@ impl EventStore for SqliteEventStore {
     async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         let deleted = self
             .write(
+                // Ids follow commit times (one writer), so the old rows are those before the
+                // first new one: found from the front, with no index on the time.
                 "DELETE FROM outbox WHERE id IN (
-                   SELECT id FROM outbox WHERE created_at < ?1 AND dead_letter_reason IS NULL
+                   SELECT id FROM outbox
+                    WHERE id < coalesce((SELECT id FROM outbox WHERE created_at >= ?1 ORDER BY id LIMIT 1), 9223372036854775807)
                       AND id <= (SELECT id FROM outbox_relay WHERE name = 'outbox')
-                   ORDER BY created_at LIMIT ?2)",
+                      AND dead_letter_reason IS NULL
+                    ORDER BY id LIMIT ?2)",
                 (micros(before), limit_of(limit)),
             )
             .await?;
@@ -313,8 +317,13 @@ impl EventStore for SqliteEventStore {
     async fn delete_processed_messages(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         let deleted = self
             .write(
+                // As for the outbox: rowids follow commit times.
                 "DELETE FROM processed_messages WHERE rowid IN (
-                   SELECT rowid FROM processed_messages WHERE processed_at < ?1 ORDER BY processed_at LIMIT ?2)",
+                   SELECT rowid FROM processed_messages
+                    WHERE rowid < coalesce(
+                            (SELECT rowid FROM processed_messages WHERE processed_at >= ?1 ORDER BY rowid LIMIT 1),
+                            9223372036854775807)
+                    ORDER BY rowid LIMIT ?2)",
                 (micros(before), limit_of(limit)),
             )
             .await?;
