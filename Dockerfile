@@ -10,6 +10,8 @@ RUN apt-get update \
 WORKDIR /src
 # Every workspace member is needed to resolve the workspace (no `COPY . .`: keeps target/ out).
 COPY Cargo.toml Cargo.lock ./
+# Build settings (SQLite syncs with fdatasync).
+COPY .cargo .cargo
 COPY event-store event-store
 COPY engine engine
 COPY sagas sagas
