@@ -300,14 +300,15 @@ impl EventStore for SqliteEventStore {
     async fn delete_published_outbox(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         let deleted = self
             .write(
-                // Ids follow commit times (one writer), so the old rows are those before the
-                // first new one: found from the front, with no index on the time.
+                // Ids follow commit times (one writer), so the old rows are the front of the
+                // table: a batch looks at its first `limit` rows only, and deletes the old ones
+                // among them. No index on the time is needed, and no batch scans the rows kept.
                 "DELETE FROM outbox WHERE id IN (
-                   SELECT id FROM outbox
-                    WHERE id < coalesce((SELECT id FROM outbox WHERE created_at >= ?1 ORDER BY id LIMIT 1), 9223372036854775807)
-                      AND id <= (SELECT id FROM outbox_relay WHERE name = 'outbox')
-                      AND dead_letter_reason IS NULL
-                    ORDER BY id LIMIT ?2)",
+                   SELECT id FROM (
+                     SELECT id, created_at FROM outbox
+                      WHERE id <= (SELECT id FROM outbox_relay WHERE name = 'outbox') AND dead_letter_reason IS NULL
+                      ORDER BY id LIMIT ?2)
+                   WHERE created_at < ?1)",
                 (micros(before), limit_of(limit)),
             )
             .await?;
@@ -319,11 +320,8 @@ impl EventStore for SqliteEventStore {
             .write(
                 // As for the outbox: rowids follow commit times.
                 "DELETE FROM processed_messages WHERE rowid IN (
-                   SELECT rowid FROM processed_messages
-                    WHERE rowid < coalesce(
-                            (SELECT rowid FROM processed_messages WHERE processed_at >= ?1 ORDER BY rowid LIMIT 1),
-                            9223372036854775807)
-                    ORDER BY rowid LIMIT ?2)",
+                   SELECT r FROM (SELECT rowid AS r, processed_at FROM processed_messages ORDER BY rowid LIMIT ?2)
+                   WHERE processed_at < ?1)",
                 (micros(before), limit_of(limit)),
             )
             .await?;
