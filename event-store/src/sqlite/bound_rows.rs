@@ -65,7 +65,7 @@ fn bind<R, const C: usize>(
 }
 
 /// `statement` with `rows` lists of `columns` placeholders in place of [`ROWS`].
-fn with_rows(statement: &str, columns: usize, rows: usize) -> String {
+pub(super) fn with_rows(statement: &str, columns: usize, rows: usize) -> String {
     let row = format!("({})", vec!["?"; columns].join(", "));
     statement.replacen(ROWS, &vec![row; rows].join(", "), 1)
 }

@@ -19,6 +19,14 @@ use crate::model::{
     TimerChange,
 };
 
+/// The versions of a group's streams (one column a row: the stream).
+const STREAM_VERSIONS: &str = "SELECT stream_id, version FROM streams WHERE stream_id IN ({rows})";
+/// The group's event ids already stored (one column a row: the id).
+const STORED_EVENT_IDS: &str = "SELECT event_id, stream_id, global_position FROM events WHERE event_id IN ({rows})";
+/// The group's messages already processed (two columns a row: message id, consumer).
+const PROCESSED_BEFORE: &str =
+    "SELECT consumer, message_id FROM processed_messages WHERE (message_id, consumer) IN (VALUES {rows})";
+
 /// Each commit's verdict, in the group's order.
 pub(super) struct Written {
     pub verdicts: Vec<Result<CommitResult>>,
@@ -77,7 +85,7 @@ fn load_versions(connection: &Connection, state: &mut WriterState, group: &[&Enc
     }
     let (found, statements) = bound_rows::query(
         connection,
-        "SELECT stream_id, version FROM streams WHERE stream_id IN ({rows})",
+        STREAM_VERSIONS,
         &unknown,
         |stream| [stream],
         |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
@@ -97,7 +105,7 @@ fn stored_event_ids(connection: &Connection, group: &[&EncodedCommit]) -> Result
     }
     let (rows, statements) = bound_rows::query(
         connection,
-        "SELECT event_id, stream_id, global_position FROM events WHERE event_id IN ({rows})",
+        STORED_EVENT_IDS,
         &ids,
         |id| [id],
         |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?)),
@@ -124,9 +132,9 @@ fn processed_before(connection: &Connection, group: &[&EncodedCommit]) -> Result
     }
     let (found, statements) = bound_rows::query(
         connection,
-        "SELECT consumer, message_id FROM processed_messages WHERE (consumer, message_id) IN (VALUES {rows})",
+        PROCESSED_BEFORE,
         &keys,
-        |(consumer, message_id)| [consumer, message_id],
+        |(consumer, message_id)| [message_id, consumer],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
     Ok((found.into_iter().collect(), statements))
@@ -346,5 +354,36 @@ impl<'a> Plan<'a> {
                 created_at,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each probe of the group commit, as run for three rows, with the columns a row has.
+    const PROBES: [(&str, usize); 3] = [(STREAM_VERSIONS, 1), (STORED_EVENT_IDS, 1), (PROCESSED_BEFORE, 2)];
+
+    #[test]
+    fn every_probe_of_a_group_searches_an_index_and_scans_no_table() {
+        let connection = Connection::open_in_memory().unwrap();
+        for migration in crate::sqlite::MIGRATOR.iter() {
+            connection.execute_batch(&migration.sql).unwrap();
+        }
+        for (probe, columns) in PROBES {
+            let sql = bound_rows::with_rows(probe, columns, 3);
+            let mut plan = connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut rows = plan.raw_query();
+            let mut steps: Vec<String> = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                steps.push(row.get(3).unwrap());
+            }
+            let scans_a_table = steps.iter().any(|step| {
+                ["streams", "events", "processed_messages"]
+                    .iter()
+                    .any(|table| step.starts_with(&format!("SCAN {table}")))
+            });
+            assert!(steps.iter().any(|step| step.starts_with("SEARCH")) && !scans_a_table, "{sql}\n{steps:#?}");
+        }
     }
 }
