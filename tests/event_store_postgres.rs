@@ -298,3 +298,56 @@ async fn hot_statements_use_indexes_however_small_the_tables_were_when_planned(p
     let scanned: Vec<_> = before.iter().zip(&after).filter(|(b, a)| a.1 > b.1).map(|(b, a)| (b.0, a.1 - b.1)).collect();
     assert!(scanned.is_empty(), "hot statements scanned whole tables of 100,000 rows: {scanned:?}");
 }
+
+/// A page of `$all` or of the outbox, read from a checkpoint in the log's order, costs its own
+/// rows however far behind the reader is, not a sort of the whole unread tail. (Both reads once
+/// ordered by their output column `transaction_id`, a cast that no index orders.)
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_page_of_all_or_of_the_outbox_costs_its_own_rows_however_long_the_unread_tail(pool: PgPool) {
+    use std::time::Duration;
+
+    use event_store::postgres::PgEventStore;
+    use event_store::{AllPosition, EventStore};
+
+    sagaflow_tests::hot_tables::keep_autovacuum_off(&pool).await;
+    let url = sagaflow_tests::process::database_url_of(&pool).await;
+    let store = PgEventStore::connect_with(&url, 2).await.unwrap();
+    for bulk in [
+        "INSERT INTO events (event_id, stream_id, version, event_type, data)
+           SELECT gen_random_uuid(), 'bulk-' || (g / 10), g % 10 + 1, 'Bulk', '{}' FROM generate_series(0, 49999) g",
+        "INSERT INTO outbox (topic, msg_key, payload) SELECT 't', 'k' || g, '\\x7b7d' FROM generate_series(1, 50000) g",
+    ] {
+        sqlx::query(bulk).execute(&pool).await.unwrap();
+    }
+    let at = store.hold_outbox("relay", Duration::from_secs(30)).await.unwrap().expect("the only relay");
+    let rows_read = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = $1",
+            )
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n
+        }
+    };
+
+    let (events_before, outbox_before) = (rows_read("events").await, rows_read("outbox").await);
+    for _ in 0..5 {
+        let events = store.read_all(AllPosition::START, 10).await.unwrap();
+        assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let page = store.read_outbox(at, 10).await.unwrap();
+        let keys: Vec<String> = (1..=10).map(|k| format!("k{k}")).collect();
+        assert_eq!(page.iter().map(|m| m.message.key.clone()).collect::<Vec<_>>(), keys);
+        // Counted once the backend has reported its reads.
+        sqlx::query("SELECT pg_stat_force_next_flush()").execute(store.pool()).await.unwrap();
+    }
+    let events_read = rows_read("events").await - events_before;
+    let outbox_read = rows_read("outbox").await - outbox_before;
+    assert!(
+        events_read <= 5 * 20 && outbox_read <= 5 * 20,
+        "five pages of 10 read {events_read} events and {outbox_read} outbox rows of 50,000-row tails"
+    );
+}

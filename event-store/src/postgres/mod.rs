@@ -177,11 +177,13 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_all(&self, after: AllPosition, limit: usize) -> Result<Vec<RecordedEvent>> {
+        // Ordered by the table's columns: the output column `transaction_id` is a cast, which no
+        // index orders, and ordering by it sorted the whole unread tail for every page.
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events
              WHERE (transaction_id, global_position) > ($1::int8::text::xid8, $2)
                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY transaction_id, global_position LIMIT $3"
+             ORDER BY events.transaction_id, events.global_position LIMIT $3"
         ))
         .bind(i64_of(after.transaction_id))
         .bind(i64_of(after.global_position))
@@ -273,7 +275,7 @@ impl EventStore for PgEventStore {
                FROM outbox
               WHERE (transaction_id, id) > ($1::int8::text::xid8, $2)
                 AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY transaction_id, id LIMIT $3",
+              ORDER BY outbox.transaction_id, outbox.id LIMIT $3",
         )
         .bind(i64_of(after.transaction_id))
         .bind(i64_of(after.id))
