@@ -76,8 +76,9 @@ impl SqliteEventStore {
         // answered.
         connection.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
         connection.busy_timeout(Duration::from_secs(10))?;
-        // A statement per table and row count (up to 32 rows) for the group commit.
-        connection.set_prepared_statement_cache_capacity(256);
+        // The group commit has nine statements (six writes, three probes) in 32 row counts
+        // each: room for all of them and the other writes, so none is prepared twice.
+        connection.set_prepared_statement_cache_capacity(384);
         let state = WriterState::load(&connection, Arc::clone(&statements), tap.clone())?;
         let writer = Writer::start(connection, state)?;
         Ok(Self {
