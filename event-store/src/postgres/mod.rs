@@ -36,9 +36,11 @@ use crate::signals::CommitSignals;
 use crate::sql::{limit_of, run_commit};
 use crate::store::EventStore;
 
-/// Columns of an event row, in the order the row readers expect.
+/// Columns of an event row, in the order the row readers expect. The transaction id is read as
+/// a number under its own name: an output column named `transaction_id` would take the place of
+/// the table's in an `ORDER BY`, and no index orders the cast.
 const EVENT_COLUMNS: &str =
-    "global_position, transaction_id::text::int8 AS transaction_id, event_id, stream_id, version, event_type, data, metadata, recorded_at";
+    "global_position, transaction_id::text::int8 AS transaction_number, event_id, stream_id, version, event_type, data, metadata, recorded_at";
 
 /// Embedded migrations of the PostgreSQL schema.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -138,7 +140,7 @@ fn millis(lease: Duration) -> i64 {
 fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
     Ok(RecordedEvent {
         global_position: u64_of(row.try_get("global_position")?),
-        transaction_id: u64_of(row.try_get("transaction_id")?),
+        transaction_id: u64_of(row.try_get("transaction_number")?),
         event_id: row.try_get("event_id")?,
         stream_id: row.try_get("stream_id")?,
         version: u64_of(row.try_get("version")?),
@@ -177,8 +179,6 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_all(&self, after: AllPosition, limit: usize) -> Result<Vec<RecordedEvent>> {
-        // Ordered by the table's columns: the output column `transaction_id` is a cast, which no
-        // index orders, and ordering by it sorted the whole unread tail for every page.
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events
              WHERE (transaction_id, global_position) > ($1::int8::text::xid8, $2)
@@ -271,7 +271,7 @@ impl EventStore for PgEventStore {
 
     async fn read_outbox(&self, after: OutboxPosition, limit: usize) -> Result<Vec<OutboxMessage>> {
         let rows = sqlx::query(
-            "SELECT id, transaction_id::text::int8 AS transaction_id, topic, msg_key, payload, headers, created_at
+            "SELECT id, transaction_id::text::int8 AS transaction_number, topic, msg_key, payload, headers, created_at
                FROM outbox
               WHERE (transaction_id, id) > ($1::int8::text::xid8, $2)
                 AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -287,7 +287,7 @@ impl EventStore for PgEventStore {
                 let headers: serde_json::Value = row.try_get("headers")?;
                 Ok(OutboxMessage {
                     id: u64_of(row.try_get("id")?),
-                    transaction_id: u64_of(row.try_get("transaction_id")?),
+                    transaction_id: u64_of(row.try_get("transaction_number")?),
                     created_at: row.try_get("created_at")?,
                     message: OutgoingMessage {
                         topic: row.try_get("topic")?,
